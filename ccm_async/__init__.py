@@ -1,0 +1,57 @@
+"""ccm_async: an async client for Exotel's CCM Get Call Details API.
+
+Built for many concurrent lookups, on asyncio and Trio (through anyio)::
+
+    async with AsyncCcmClient(api_key=..., api_token=..., account_sid=..., region="in") as ccm:
+        call = await ccm.get_call("72827ead13a355d334338f53af71157s")
+"""
+
+from ccm_async._client import AsyncCcmClient
+from ccm_async._config import Region
+from ccm_async._errors import (
+    ApiError,
+    AuthenticationError,
+    CallNotFoundError,
+    CcmError,
+    ConfigurationError,
+    InvalidCallSidError,
+    RateLimitError,
+    RequestTimeoutError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+)
+from ccm_async._models import (
+    AgentDetails,
+    CallDetails,
+    CallState,
+    CallStatus,
+    CustomerDetails,
+    Direction,
+    Recording,
+)
+from ccm_async._version import __version__
+
+__all__ = [
+    "AgentDetails",
+    "ApiError",
+    "AsyncCcmClient",
+    "AuthenticationError",
+    "CallDetails",
+    "CallNotFoundError",
+    "CallState",
+    "CallStatus",
+    "CcmError",
+    "ConfigurationError",
+    "CustomerDetails",
+    "Direction",
+    "InvalidCallSidError",
+    "RateLimitError",
+    "Recording",
+    "Region",
+    "RequestTimeoutError",
+    "ResponseFormatError",
+    "ServerError",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,154 @@
+"""Regions, endpoints, credentials, validation of identifiers, and defaults.
+
+The API token is kept out of every repr and message: credentials travel only
+in the ``Authorization`` header, built once, never in a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import httpx
+
+from ccm_async._errors import ConfigurationError, InvalidCallSidError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "Credentials",
+    "Region",
+    "resolve_base_url",
+    "settings_from_env",
+    "validate_call_sid",
+]
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+"""Bodies larger than this are refused before they are read whole (a record is ~1 KB)."""
+
+DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, connect=5.0, pool=30.0)
+"""httpx's per-request timeouts: connect 5 s, read and write 10 s, pool 30 s."""
+
+_SID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
+
+
+class Region(enum.StrEnum):
+    """Exotel's CCM regions ("stamps"). An account lives in exactly one."""
+
+    SINGAPORE = "sg"
+    MUMBAI = "in"
+
+    @property
+    def base_url(self) -> str:
+        """The API host of this region."""
+        return _REGION_URLS[self]
+
+
+_REGION_URLS: Final = {
+    Region.SINGAPORE: "https://ccm-api.exotel.com",
+    Region.MUMBAI: "https://ccm-api.in.exotel.com",
+}
+
+
+@attrs.frozen(kw_only=True)
+class Credentials:
+    """An API key and token for one account; the token never shows in a repr."""
+
+    api_key: str
+    api_token: str = attrs.field(repr=False)
+    account_sid: str
+
+    def __attrs_post_init__(self) -> None:
+        _check_header_safe(self.api_key, "api_key")
+        _check_header_safe(self.api_token, "api_token")
+        if not isinstance(self.account_sid, str) or not _SID.fullmatch(self.account_sid):
+            raise ConfigurationError(
+                "account_sid must be 1-64 characters of letters, digits, '_' and '-'"
+            )
+
+    def authorization(self) -> str:
+        """The HTTP Basic ``Authorization`` header value."""
+        pair = f"{self.api_key}:{self.api_token}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _check_header_safe(value: object, name: str) -> None:
+    # Printable ASCII without spaces: nothing can break out of the header.
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} is missing")
+    if not _HEADER_SAFE.fullmatch(value):
+        raise ConfigurationError(f"{name} contains characters an API credential never has")
+
+
+def validate_call_sid(call_sid: object) -> str:
+    """Return ``call_sid`` if it can be a CCM call SID, else raise InvalidCallSidError.
+
+    1-64 characters of ``[A-Za-z0-9_-]``: nothing that could change the request's
+    path, query or headers.
+    """
+    if isinstance(call_sid, str) and _SID.fullmatch(call_sid):
+        return call_sid
+    shown = repr(call_sid) if len(repr(call_sid)) <= 80 else repr(call_sid)[:77] + "..."
+    raise InvalidCallSidError(
+        f"invalid call SID {shown}: expected 1-64 characters of letters, digits, '_' and '-'"
+    )
+
+
+def resolve_base_url(region: Region | str, base_url: str | None) -> str:
+    """The API's base URL: ``base_url`` if given (https unless loopback), else the region's."""
+    if base_url is None:
+        try:
+            return Region(region).base_url
+        except ValueError:
+            known = ", ".join(repr(r.value) for r in Region)
+            raise ConfigurationError(
+                f"unknown region {region!r}: expected one of {known}"
+            ) from None
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"base_url is not a valid URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError("base_url must be an absolute http(s) URL")
+    if url.userinfo or url.query or url.fragment:
+        raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
+    if url.scheme == "http" and not _is_loopback(url.host):
+        raise ConfigurationError(
+            "base_url must use https (plain http is allowed only for loopback hosts)"
+        )
+    return str(url).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client settings from ``EXOTEL_*`` variables; missing ones raise ConfigurationError."""
+    env = os.environ if environ is None else environ
+    names = {
+        "api_key": "EXOTEL_API_KEY",
+        "api_token": "EXOTEL_API_TOKEN",
+        "account_sid": "EXOTEL_ACCOUNT_SID",
+    }
+    missing = [var for var in names.values() if not env.get(var)]
+    if missing:
+        raise ConfigurationError(f"missing environment variable(s): {', '.join(missing)}")
+    settings: dict[str, Any] = {key: env[var] for key, var in names.items()}
+    if env.get("EXOTEL_CCM_BASE_URL"):
+        settings["base_url"] = env["EXOTEL_CCM_BASE_URL"]
+    elif env.get("EXOTEL_REGION"):
+        settings["region"] = env["EXOTEL_REGION"].strip().lower()
+    return settings

@@ -1,0 +1,275 @@
+"""The library's own cattrs converter and the decoding of a response body.
+
+The global cattrs converter is never touched. Hooks are strict where cattrs'
+defaults coerce silently (a dict into its repr, 7.9 into 7, True into 1):
+a wrong-typed field raises :class:`ResponseFormatError` naming the field's path.
+Structure functions are generated once, when this module is imported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final, NoReturn, TypeGuard, TypeVar, cast
+
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
+from cattrs.v import format_exception
+
+from ccm_async._errors import ApiError, ResponseFormatError, api_error
+from ccm_async._models import (
+    AgentDetails,
+    CallDetails,
+    CallState,
+    CallStatus,
+    CustomerDetails,
+    Direction,
+    Recording,
+)
+
+__all__ = ["converter", "decode_response", "loads", "structure_call", "unstructure_call"]
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+_INTEGER: Final = re.compile(r"[+-]?\d{1,18}")
+
+
+def _reject(value: object, expected: str) -> NoReturn:
+    raise TypeError(f"expected {expected}, got {type(value).__name__}")
+
+
+def _structure_str(value: object, _: object) -> str:
+    # An integer identifier (a flow's app_id, say) keeps its exact digits.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    _reject(value, "a string")
+
+
+def _structure_int(value: object, _: object) -> int:
+    if isinstance(value, bool):
+        _reject(value, "an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value)
+    if isinstance(value, float | str):
+        raise ValueError(f"expected a whole number, got {value!r:.40}")
+    _reject(value, "an integer")
+
+
+def _structure_datetime(value: object, _: object) -> dt.datetime:
+    if not isinstance(value, str):
+        _reject(value, "an ISO 8601 timestamp")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 timestamp: {value!r:.40}") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a UTC offset: {value!r:.40}")
+    return parsed
+
+
+def _known_or_str(enum_cls: type[_E]) -> Callable[[object, object], _E | str | None]:
+    known: dict[str, _E] = {member.value: member for member in enum_cls}
+
+    def structure(value: object, _: object) -> _E | str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            _reject(value, "a string")
+        return known.get(value, value)
+
+    return structure
+
+
+def _null_as_empty(
+    sequence_hook: Callable[[Any, Any], tuple[Recording, ...]],
+) -> Callable[[object, Any], tuple[Recording, ...]]:
+    def structure(value: object, type_: Any) -> tuple[Recording, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            _reject(value, "a list of recordings")
+        return sequence_hook(value, type_)
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(dt.datetime, _structure_datetime)
+    conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    for enum_cls in (CallState, Direction, CallStatus):
+        _register_exact(conv, enum_cls | str | None, _known_or_str(enum_cls))
+    # Leaves first: a generated function binds its fields' hooks when it is made.
+    for cls in (Recording, AgentDetails, CustomerDetails):
+        _register_class(conv, cls)
+    recordings = tuple[Recording, ...]
+    _register_exact(conv, recordings, _null_as_empty(conv.get_structure_hook(recordings)))
+    _register_class(conv, CallDetails)
+    return conv
+
+
+def _register_class(conv: cattrs.Converter, cls: type[Any]) -> None:
+    conv.register_structure_hook(cls, _strict_mapping(make_dict_structure_fn(cls, conv)))
+    conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv))
+
+
+def _register_exact(conv: cattrs.Converter, type_: object, hook: Callable[..., Any]) -> None:
+    # Unions and parametrised tuples are not classes: dispatch on equality.
+    conv.register_structure_hook_func(lambda candidate: candidate == type_, hook)
+
+
+def _strict_mapping(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    # The generated function would try `obj["field"]` on a list or a string.
+    def structure(value: Any, cls: Any) -> Any:
+        if not isinstance(value, Mapping):
+            _reject(value, "an object")
+        return fn(value, cls)
+
+    return structure
+
+
+converter: Final = _make_converter()
+_structure_call_details: Final = converter.get_structure_hook(CallDetails)
+
+
+def structure_call(data: object, *, path: str = "$") -> CallDetails:
+    """Structure the API's ``data`` object; errors name the bad field's path."""
+    try:
+        return _structure_call_details(data, CallDetails)  # type: ignore[no-any-return]
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise ResponseFormatError(_describe(exc, path)) from exc
+
+
+def unstructure_call(call: CallDetails) -> dict[str, Any]:
+    """The API's JSON shape of a call (ISO 8601 strings, lists), ready for ``json.dumps``."""
+    return converter.unstructure(call, CallDetails)  # type: ignore[no-any-return]
+
+
+def _describe(exc: Exception, path: str) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        problems = cattrs.transform_error(exc, path=path, format_exception=_format_problem)
+    else:
+        problems = [f"{exc} @ {path}"]
+    shown = "; ".join(problems[:5])
+    if len(problems) > 5:
+        shown += f"; and {len(problems) - 5} more"
+    return f"invalid call details: {shown}"
+
+
+def _format_problem(exc: BaseException, type_: Any) -> str:
+    # Our hooks' messages say what was wrong with the value; keep them.
+    if isinstance(exc, TypeError | ValueError) and str(exc):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON body; anything unparseable is a :class:`ResponseFormatError`."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ResponseFormatError("response body is nested too deeply to parse") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ResponseFormatError(f"response body is not JSON: {exc}") from exc
+
+
+def decode_response(
+    http_status: int, body: bytes, *, call_sid: str, retry_after: float | None = None
+) -> CallDetails:
+    """The call in a response, or the typed exception it stands for.
+
+    The envelope's ``response.status`` and ``response.code`` decide when the body
+    is the envelope (an HTTP 200 can carry an error); the HTTP status decides when
+    it is not (a gateway's HTML page).
+    """
+    try:
+        document = loads(body)
+    except ResponseFormatError as exc:
+        if http_status >= 300:
+            raise _foreign_error(http_status, call_sid, retry_after) from exc
+        raise
+    document = _json_object(document) or {}
+    response = _json_object(document.get("response"))
+    if response is None or "status" not in response:
+        if http_status >= 300:
+            raise _foreign_error(http_status, call_sid, retry_after)
+        raise ResponseFormatError(
+            "response body is not the API's envelope (no response.status)", call_sid=call_sid
+        )
+    code = response.get("code")
+    status = code if _is_int(code) and code >= 400 else http_status
+    if response["status"] == "success" and status < 300:
+        data = response.get("data")
+        if data is None:
+            raise ResponseFormatError("successful response without data", call_sid=call_sid)
+        try:
+            return structure_call(data, path="$.response.data")
+        except ResponseFormatError as exc:
+            exc.call_sid = call_sid
+            raise
+    raise _envelope_error(
+        document=document,
+        response=response,
+        http_status=http_status,
+        status=status,
+        call_sid=call_sid,
+        retry_after=retry_after,
+    )
+
+
+def _envelope_error(
+    *,
+    document: dict[str, Any],
+    response: dict[str, Any],
+    http_status: int,
+    status: int,
+    call_sid: str,
+    retry_after: float | None,
+) -> ApiError:
+    error_data = _json_object(response.get("error_data")) or {}
+    code = error_data.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    request_id = document.get("request_id")
+    return api_error(
+        http_status=http_status,
+        status=status,
+        code=code if _is_int(code) else None,
+        message=_str_or_none(error_data.get("message")),
+        description=_str_or_none(error_data.get("description")),
+        request_id=_str_or_none(request_id),
+        call_sid=call_sid,
+        retry_after=retry_after,
+    )
+
+
+def _foreign_error(http_status: int, call_sid: str, retry_after: float | None) -> ApiError:
+    return api_error(
+        http_status=http_status,
+        status=http_status,
+        call_sid=call_sid,
+        retry_after=retry_after,
+        from_api=False,
+    )
+
+
+def _json_object(value: object) -> dict[str, Any] | None:
+    return cast("dict[str, Any]", value) if isinstance(value, dict) else None
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None

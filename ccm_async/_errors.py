@@ -1,0 +1,222 @@
+"""The exception tree, and the mapping from an HTTP response to an exception.
+
+Every error the library raises is a :class:`CcmError`::
+
+    CcmError
+    ├── ConfigurationError      (also ValueError) bad or missing settings
+    ├── InvalidCallSidError     (also ValueError) rejected before any request
+    ├── TransportError          the request did not get a response
+    │   └── RequestTimeoutError (also TimeoutError)
+    ├── ApiError                the API (or something in front of it) said no
+    │   ├── CallNotFoundError   404: 3043, 3044, 3045
+    │   ├── AuthenticationError 401, 403: wrong credentials or wrong region
+    │   ├── RateLimitError      429
+    │   └── ServerError         5xx: 1100, 3042, 3046, 3075
+    └── ResponseFormatError     a body that is not what the API sends
+
+When the body is the API's envelope, its ``response.code`` picks the class;
+when it is not (a load balancer's HTML page), the HTTP status does.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "CallNotFoundError",
+    "CcmError",
+    "ConfigurationError",
+    "InvalidCallSidError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseFormatError",
+    "ServerError",
+    "TransportError",
+    "api_error",
+    "parse_retry_after",
+]
+
+
+class CcmError(Exception):
+    """Base class of every error raised by ccm_async.
+
+    ``call_sid`` names the lookup that failed, when there was one.
+    """
+
+    def __init__(self, message: str, *, call_sid: str | None = None) -> None:
+        super().__init__(message)
+        self.call_sid = call_sid
+
+
+class ConfigurationError(CcmError, ValueError):
+    """A setting is missing or invalid (credentials, region, base URL, limits)."""
+
+
+class InvalidCallSidError(CcmError, ValueError):
+    """The call SID cannot be a CCM call SID; no request was sent."""
+
+
+class TransportError(CcmError):
+    """The request got no complete response: connection refused or dropped, TLS, protocol.
+
+    The httpx exception is the ``__cause__``.
+    """
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """An httpx timeout (connect, read, write or pool) expired."""
+
+
+class ResponseFormatError(CcmError):
+    """The response body is not the API's: not JSON, not the envelope, a wrong-typed field,
+    or too large. The message names the offending field's path, never the whole body."""
+
+
+class ApiError(CcmError):
+    """The API answered with an error.
+
+    Attributes:
+        http_status: the HTTP status line's code.
+        code: ``error_data.code`` (Exotel's error code, e.g. 3043), or None.
+        message: ``error_data.message``, verbatim, or None.
+        description: ``error_data.description``, verbatim, or None.
+        request_id: the envelope's ``request_id``, for Exotel support, or None.
+        call_sid: the call SID that was looked up.
+        retry_after: seconds from a ``Retry-After`` header, or None.
+    """
+
+    def __init__(
+        self,
+        summary: str,
+        *,
+        http_status: int,
+        code: int | None = None,
+        message: str | None = None,
+        description: str | None = None,
+        request_id: str | None = None,
+        call_sid: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(summary, call_sid=call_sid)
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+        self.description = description
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
+class CallNotFoundError(ApiError):
+    """No such call, or a call this API does not serve (404: 3043, 3044, 3045)."""
+
+
+class AuthenticationError(ApiError):
+    """Credentials were refused (401/403). An account lives in one region, and the
+    other region's host refuses its credentials: check both."""
+
+
+class RateLimitError(ApiError):
+    """Too many requests for the account (429); ``retry_after`` is the server's hint."""
+
+
+class ServerError(ApiError):
+    """The API failed (5xx: 1100, 3042, 3046, 3075, or a gateway's error page)."""
+
+
+_AUTH_HINT = (
+    "check api_key, api_token and the region: an account lives in one region "
+    "(sg: ccm-api.exotel.com, in: ccm-api.in.exotel.com) and the other one refuses it"
+)
+
+
+def error_class(status: int) -> type[ApiError]:
+    """The exception class for an HTTP-like status code."""
+    if status == 404:
+        return CallNotFoundError
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 429:
+        return RateLimitError
+    if status >= 500:
+        return ServerError
+    return ApiError
+
+
+def api_error(
+    *,
+    http_status: int,
+    status: int,
+    code: int | None = None,
+    message: str | None = None,
+    description: str | None = None,
+    request_id: str | None = None,
+    call_sid: str | None = None,
+    retry_after: float | None = None,
+    from_api: bool = True,
+) -> ApiError:
+    """Build the exception for an error answer.
+
+    ``status`` picks the class (the envelope's ``response.code`` when there is an
+    envelope, else the HTTP status); ``from_api`` is False when the body was not
+    the API's envelope (a proxy's page, a wrong base_url).
+    """
+    cls = error_class(status)
+    if not from_api and cls in (CallNotFoundError, AuthenticationError):
+        # A proxy's or a wrong base_url's 404/401 says nothing about the call.
+        cls = ApiError
+    parts = [f"HTTP {http_status}"]
+    if status != http_status:
+        parts.append(f"response code {status}")
+    if code is not None:
+        parts.append(f"error code {code}")
+    summary = ", ".join(parts)
+    if message:
+        summary += f": {message}"
+    if description and description != message:
+        summary += f" ({description})"
+    if not from_api:
+        summary += ": the response was not the CCM API's envelope (check base_url and proxies)"
+    if cls is AuthenticationError:
+        summary += f"; {_AUTH_HINT}"
+    if retry_after is not None:
+        summary += f"; retry after {retry_after:g}s"
+    if call_sid is not None:
+        summary += f" [call_sid={call_sid}"
+        summary += f", request_id={request_id}]" if request_id else "]"
+    return cls(
+        summary,
+        http_status=http_status,
+        code=code,
+        message=message,
+        description=description,
+        request_id=request_id,
+        call_sid=call_sid,
+        retry_after=retry_after,
+    )
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date).
+
+    Returns None when absent or unparseable; never negative.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)

@@ -1,0 +1,117 @@
+"""The call details a lookup returns: frozen, slotted attrs classes.
+
+Field names are the API's. Every field may be null, as the API documents.
+``call_state``, ``direction`` and ``call_status`` hold a ``StrEnum`` member for a
+value this library knows and the plain string for one it does not, so a new
+value from Exotel never fails a lookup; both compare equal to the string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+import attrs
+
+__all__ = [
+    "AgentDetails",
+    "CallDetails",
+    "CallState",
+    "CallStatus",
+    "CustomerDetails",
+    "Direction",
+    "Recording",
+]
+
+
+class CallState(enum.StrEnum):
+    """Known values of ``call_state``."""
+
+    ACTIVE = "active"
+    TERMINAL = "terminal"
+
+
+class Direction(enum.StrEnum):
+    """Known values of ``direction``."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    OUTBOUND_DIAL = "outbound-dial"
+    OUTBOUND_API = "outbound-api"
+
+
+class CallStatus(enum.StrEnum):
+    """Known values of ``call_status`` (null while the call is active)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    CANCELED = "canceled"
+    AGENT_UNANSWERED = "agent_unanswered"
+    CUSTOMER_UNANSWERED = "customer_unanswered"
+    AGENT_CANCELED = "agent_canceled"
+    AGENT_CANCELLED = "agent_cancelled"
+    CUSTOMER_NO_DIAL = "customer_no_dial"
+    AGENT_NO_DIAL = "agent_no_dial"
+
+
+@attrs.frozen(kw_only=True)
+class Recording:
+    """One recording of the call."""
+
+    url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class AgentDetails:
+    """The primary agent assigned to the call."""
+
+    user_id: str | None = None
+    user_name: str | None = None
+    contact_uri: str | None = None
+    group_id: str | None = None
+    group_name: str | None = None
+    status: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CustomerDetails:
+    """The customer's side of the call."""
+
+    contact_name: str | None = None
+    contact_uri: str | None = None
+    status: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CallDetails:
+    """The details of one CCM call, as ``GET .../calls/{call_sid}`` returns them.
+
+    Datetimes are timezone-aware; durations are whole seconds; ``recordings``
+    is a tuple (empty when the API sends null or ``[]``).
+    """
+
+    call_sid: str | None = None
+    direction: Direction | str | None = None
+    virtual_number: str | None = None
+    call_state: CallState | str | None = None
+    call_status: CallStatus | str | None = None
+    assigned_agent_details: AgentDetails | None = None
+    customer_details: CustomerDetails | None = None
+    created_time: dt.datetime | None = None
+    updated_time: dt.datetime | None = None
+    start_time: dt.datetime | None = None
+    end_time: dt.datetime | None = None
+    total_duration: int | None = None
+    total_talk_time: int | None = None
+    custom_field: str | None = None
+    app_id: str | None = None
+    app_name: str | None = None
+    digits: str | None = None
+    recordings: tuple[Recording, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the call has ended: its details no longer change."""
+        return self.call_state == CallState.TERMINAL

@@ -1,0 +1,622 @@
+"""FakeCcm: an ASGI fake of the CCM Get Call Details API, with fault injection."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime as dt
+import enum
+import hashlib
+import json
+import random
+import re
+import secrets
+import socket
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypedDict
+
+import anyio
+import anyio.lowlevel
+import attrs
+import httpx
+
+from ccm_async._client import AsyncCcmClient
+from ccm_async._convert import unstructure_call
+from ccm_async._models import CallDetails
+
+__all__ = ["FakeCcm", "Fault", "RecordedRequest"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_CALL_PATH: Final = re.compile(r"/v2/accounts/(?P<account>[^/]+)/calls/(?P<sid>[^/]+)")
+_MESSAGES: Final = {
+    401: "Authorization failed",
+    403: "Forbidden",
+    404: "Call not found / unsupported in this API",
+    405: "Method not allowed",
+    429: "Too many requests",
+    500: "Internal Server Error",
+}
+_EPOCH: Final = dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+
+
+class _Kind(enum.Enum):
+    ENVELOPE = "envelope"
+    HTML = "html"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    OVERSIZED = "oversized"
+    DISCONNECT = "disconnect"
+    HANG = "hang"
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """One way for FakeCcm to answer badly. Build it with the class methods."""
+
+    kind: _Kind
+    http_status: int = 200
+    code: int | None = None
+    error_code: int | None = None
+    retry_after: str | None = None
+    size: int = 0
+
+    @classmethod
+    def server_error(
+        cls, code: int = 1100, *, http_status: int = 500, retry_after: float | None = None
+    ) -> Fault:
+        """The API's 500 envelope with ``error_data.code`` = ``code`` (1100, 3042, 3046,
+        3075). ``http_status=200`` sends it on an HTTP 200, as Exotel has been seen to."""
+        return cls._envelope(http_status, 500, code, retry_after)
+
+    @classmethod
+    def not_found(cls, code: int = 3043) -> Fault:
+        """The API's 404 envelope (3043, 3044, 3045)."""
+        return cls._envelope(404, 404, code, None)
+
+    @classmethod
+    def unauthorized(cls) -> Fault:
+        """The API's 401/1010 envelope."""
+        return cls._envelope(401, 401, 1010, None)
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | str | None = None) -> Fault:
+        """A 429 envelope, with a ``Retry-After`` header when given (seconds or HTTP date)."""
+        return cls._envelope(429, 429, None, retry_after)
+
+    @classmethod
+    def html(cls, status: int = 502, *, retry_after: float | None = None) -> Fault:
+        """A load balancer's HTML error page (not the envelope)."""
+        return cls(kind=_Kind.HTML, http_status=status, retry_after=_header(retry_after))
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """An HTTP 200 whose body is not JSON."""
+        return cls(kind=_Kind.MALFORMED)
+
+    @classmethod
+    def truncated(cls) -> Fault:
+        """An HTTP 200 whose JSON body is cut in half (a consistent Content-Length)."""
+        return cls(kind=_Kind.TRUNCATED)
+
+    @classmethod
+    def oversized(cls, size: int = 2 * 1024 * 1024, *, declare_length: bool = True) -> Fault:
+        """An HTTP 200 with a body of ``size`` bytes, sent in chunks; with
+        ``declare_length=False`` it is sent without a Content-Length."""
+        return cls(kind=_Kind.OVERSIZED, size=size, code=1 if declare_length else 0)
+
+    @classmethod
+    def disconnect(cls) -> Fault:
+        """Headers and half the body, then the connection is closed (on a socket only)."""
+        return cls(kind=_Kind.DISCONNECT)
+
+    @classmethod
+    def hang(cls) -> Fault:
+        """Accept the request and never answer, until the client goes away."""
+        return cls(kind=_Kind.HANG)
+
+    @classmethod
+    def _envelope(
+        cls, http_status: int, code: int, error_code: int | None, retry_after: float | str | None
+    ) -> Fault:
+        return cls(
+            kind=_Kind.ENVELOPE,
+            http_status=http_status,
+            code=code,
+            error_code=error_code,
+            retry_after=_header(retry_after),
+        )
+
+
+def _header(value: float | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return f"{value:g}"
+
+
+class FakeCredentials(TypedDict):
+    """The fake's credentials, as keyword arguments for :class:`AsyncCcmClient`."""
+
+    api_key: str
+    api_token: str
+    account_sid: str
+
+
+@attrs.frozen
+class RecordedRequest:
+    """A request FakeCcm saw, and the status it answered (0 when it never answered)."""
+
+    method: str
+    path: str
+    query: str
+    call_sid: str | None
+    status: int
+
+
+@attrs.define
+class _RandomPlan:
+    fault: Fault
+    rate: float
+    max_per_sid: int | None
+
+
+class FakeCcm:
+    """A fake of the CCM Get Call Details API, as an ASGI application.
+
+    It checks HTTP Basic auth (the 401/1010 envelope when wrong), serves the calls
+    you :meth:`add_call`, answers other SIDs with the 404/3043 envelope, or, with
+    ``generate=True``, with a deterministic realistic call (so a million SIDs need
+    no setup; ``missing_rate`` of them are not found). It fails on demand
+    (:meth:`fail`, :meth:`fail_randomly`), adds ``latency`` (seconds, or a
+    ``(low, high)`` range), and records the last ``log_size`` requests.
+
+    Use it in-process with :meth:`client` (fast), or on a real socket with
+    :meth:`serve` (needs ``ccm-async[testing]``) for what only a socket shows:
+    timeouts, dropped connections, body size limits, pooling.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "fake-api-key",
+        api_token: str = "fake-api-token",  # noqa: S107 - the fake's own, not a secret
+        account_sid: str = "fake-account",
+        generate: bool = False,
+        missing_rate: float = 0.0,
+        latency: float | tuple[float, float] = 0.0,
+        seed: int = 0,
+        log_size: int = 10_000,
+    ) -> None:
+        self.api_key = api_key
+        self.api_token = api_token
+        self.account_sid = account_sid
+        self.generate = generate
+        self.missing_rate = missing_rate
+        self.latency = latency
+        self._authorization = "Basic " + base64.b64encode(f"{api_key}:{api_token}".encode()).decode(
+            "ascii"
+        )
+        self._random = random.Random(seed)
+        self._calls: dict[str, dict[str, Any]] = {}
+        self._sid_faults: dict[str, collections.deque[Fault]] = {}
+        self._sid_faults_forever: dict[str, Fault] = {}
+        self._random_plans: list[_RandomPlan] = []
+        self._random_failures: collections.Counter[str] = collections.Counter()
+        self._log: collections.deque[RecordedRequest] = collections.deque(maxlen=log_size)
+        self.request_count = 0
+        """Every request seen since creation (the log keeps only the last ``log_size``)."""
+        self.in_flight = 0
+        """Requests being answered right now."""
+        self.max_in_flight = 0
+        """The most requests that were being answered at once."""
+
+    def __repr__(self) -> str:
+        return f"<FakeCcm account_sid={self.account_sid!r} calls={len(self._calls)}>"
+
+    @property
+    def credentials(self) -> FakeCredentials:
+        """The fake's own ``api_key``, ``api_token`` and ``account_sid``, as keyword arguments."""
+        return {
+            "api_key": self.api_key,
+            "api_token": self.api_token,
+            "account_sid": self.account_sid,
+        }
+
+    def client(self, **options: Any) -> AsyncCcmClient:
+        """An :class:`AsyncCcmClient` wired to this fake in-process (no socket).
+
+        ``options`` go to the constructor and may override the fake's credentials
+        (to test wrong ones).
+        """
+        http_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self))
+        settings: dict[str, Any] = {
+            **self.credentials,
+            "base_url": "http://127.0.0.1",
+            "http_client": http_client,
+        }
+        return AsyncCcmClient(**{**settings, **options})
+
+    # -- what it serves ---------------------------------------------------------
+
+    def add_call(self, call: CallDetails | Mapping[str, Any]) -> None:
+        """Serve ``call`` (a CallDetails, or the raw ``data`` object, which may be malformed)."""
+        data = unstructure_call(call) if isinstance(call, CallDetails) else dict(call)
+        sid = data.get("call_sid")
+        if not isinstance(sid, str):
+            raise ValueError("a call needs a string call_sid")
+        self._calls[sid] = data
+
+    def has_call(self, call_sid: str) -> bool:
+        """Whether ``call_sid`` is found (added, or generated and not missing)."""
+        return self._call_data(call_sid) is not None
+
+    def _call_data(self, call_sid: str) -> dict[str, Any] | None:
+        data = self._calls.get(call_sid)
+        if data is None and self.generate:
+            digest = int.from_bytes(hashlib.blake2b(call_sid.encode(), digest_size=16).digest())
+            if (digest >> 64) % 1_000_000 >= self.missing_rate * 1_000_000:
+                data = _generated_call(call_sid, digest)
+        return data
+
+    # -- faults -------------------------------------------------------------------
+
+    def fail(self, call_sid: str, fault: Fault, *, times: int | None = None) -> None:
+        """Answer ``call_sid`` with ``fault``: the next ``times`` requests, or every one."""
+        if times is None:
+            self._sid_faults_forever[call_sid] = fault
+        else:
+            self._sid_faults.setdefault(call_sid, collections.deque()).extend([fault] * times)
+
+    def fail_randomly(self, fault: Fault, *, rate: float, max_per_sid: int | None = None) -> None:
+        """Answer a ``rate`` share of requests with ``fault``, chosen by the fake's seeded
+        random generator. ``max_per_sid`` caps the random failures of one SID, counted
+        over every random plan, so that a test's outcome does not depend on luck."""
+        self._random_plans.append(_RandomPlan(fault, rate, max_per_sid))
+
+    def clear_faults(self) -> None:
+        """Forget every fault plan."""
+        self._sid_faults.clear()
+        self._sid_faults_forever.clear()
+        self._random_plans.clear()
+        self._random_failures.clear()
+
+    def _pick_fault(self, call_sid: str) -> Fault | None:
+        queued = self._sid_faults.get(call_sid)
+        if queued:
+            fault = queued.popleft()
+            if not queued:
+                del self._sid_faults[call_sid]
+            return fault
+        standing = self._sid_faults_forever.get(call_sid)
+        if standing is not None:
+            return standing
+        for plan in self._random_plans:
+            capped = (
+                plan.max_per_sid is not None and self._random_failures[call_sid] >= plan.max_per_sid
+            )
+            if self._random.random() < plan.rate and not capped:
+                self._random_failures[call_sid] += 1
+                return plan.fault
+        return None
+
+    # -- what it saw --------------------------------------------------------------
+
+    @property
+    def requests(self) -> tuple[RecordedRequest, ...]:
+        """The last ``log_size`` requests, oldest first."""
+        return tuple(self._log)
+
+    def requests_for(self, call_sid: str) -> int:
+        """How many of the logged requests asked for ``call_sid``."""
+        return sum(1 for request in self._log if request.call_sid == call_sid)
+
+    # -- ASGI ---------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        self.request_count += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        match = _CALL_PATH.fullmatch(scope["path"])
+        status = 0
+        try:
+            status = await self._answer(scope, receive, send, match)
+        finally:
+            self.in_flight -= 1
+            self._log.append(
+                RecordedRequest(
+                    method=scope["method"],
+                    path=scope["path"],
+                    query=bytes(scope.get("query_string", b"")).decode("latin-1"),
+                    call_sid=match["sid"] if match else None,
+                    status=status,
+                )
+            )
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, match: re.Match[str] | None
+    ) -> int:
+        if match is None:
+            return await _send_envelope(send, 404, 404, error_code=1000, message="Not found")
+        call_sid = match["sid"]
+        if scope["method"] != "GET":
+            return await _send_envelope(send, 405, 405, error_code=None)
+        if _header_value(scope, b"authorization") != self._authorization:
+            return await _send_envelope(send, 401, 401, error_code=1010)
+        if match["account"] != self.account_sid:
+            return await _send_envelope(send, 403, 403, error_code=1003)
+        await self._delay()
+        fault = self._pick_fault(call_sid)
+        if fault is not None:
+            return await _send_fault(fault, receive, send)
+        data = self._call_data(call_sid)
+        if data is None:
+            return await _send_envelope(send, 404, 404, error_code=3043)
+        return await _send_json(send, 200, _success(data))
+
+    async def _delay(self) -> None:
+        latency = self.latency
+        if isinstance(latency, tuple):
+            latency = self._random.uniform(*latency)
+        if latency > 0:
+            await anyio.sleep(latency)
+
+    # -- on a socket --------------------------------------------------------------
+
+    @asynccontextmanager
+    async def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> AsyncGenerator[str]:
+        """Serve the fake on a real socket; yields its base URL (``http://127.0.0.1:PORT``).
+
+        The server (uvicorn, from the ``testing`` extra) runs its own event loop in
+        a thread, so this works whichever async backend the caller runs.
+        """
+        try:
+            import uvicorn  # noqa: PLC0415 - an optional extra
+        except ImportError as exc:  # pragma: no cover - the test suite has it
+            raise RuntimeError(
+                "FakeCcm.serve() needs uvicorn: pip install 'ccm-async[testing]'"
+            ) from exc
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        config = uvicorn.Config(
+            self,
+            lifespan="off",
+            log_config=None,
+            log_level="critical",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            backlog=4096,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="FakeCcm", daemon=True
+        )
+        thread.start()
+        try:
+            while not server.started:
+                if not thread.is_alive():  # pragma: no cover - a broken install
+                    raise RuntimeError("FakeCcm's server failed to start")
+                await anyio.sleep(0.005)
+            yield f"http://{host}:{sock.getsockname()[1]}"
+        finally:
+            server.should_exit = True
+            await anyio.to_thread.run_sync(thread.join)
+            sock.close()
+
+
+def _header_value(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _success(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": secrets.token_hex(16),
+        "method": "GET",
+        "http_code": 200,
+        "metadata": None,
+        "response": {"code": 200, "error_data": None, "status": "success", "data": data},
+    }
+
+
+async def _send_envelope(
+    send: Send,
+    http_status: int,
+    code: int,
+    *,
+    error_code: int | None,
+    message: str | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> int:
+    text = message or _MESSAGES.get(code, "Error")
+    document = {
+        "request_id": secrets.token_hex(16),
+        "method": "GET",
+        "http_code": http_status,
+        "metadata": None,
+        "response": {
+            "code": code,
+            "error_data": {"code": error_code, "message": text, "description": text},
+            "status": "failure",
+            "data": None,
+        },
+    }
+    return await _send_json(send, http_status, document, headers)
+
+
+async def _send_json(
+    send: Send,
+    status: int,
+    document: object,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> int:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return await _send_body(send, status, body, b"application/json", headers)
+
+
+async def _send_body(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> int:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+async def _send_fault(fault: Fault, receive: Receive, send: Send) -> int:
+    retry_after = [(b"retry-after", fault.retry_after.encode())] if fault.retry_after else []
+    match fault.kind:
+        case _Kind.ENVELOPE:
+            return await _send_envelope(
+                send,
+                fault.http_status,
+                fault.code or fault.http_status,
+                error_code=fault.error_code,
+                headers=retry_after,
+            )
+        case _Kind.HTML:
+            page = f"<html><body><h1>{fault.http_status} Bad Gateway</h1></body></html>"
+            return await _send_body(
+                send, fault.http_status, page.encode(), b"text/html", retry_after
+            )
+        case _Kind.MALFORMED:
+            return await _send_body(send, 200, b"{'call_sid': nope", b"application/json")
+        case _Kind.TRUNCATED:
+            body = json.dumps(_success(_generated_call("truncated", 7))).encode()
+            return await _send_body(send, 200, body[: len(body) // 2], b"application/json")
+        case _Kind.OVERSIZED:
+            return await _until_disconnect(
+                receive, _send_oversized(send, fault.size, declare_length=bool(fault.code))
+            )
+        case _Kind.DISCONNECT:
+            body = json.dumps(_success(_generated_call("disconnect", 7))).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())],
+                }
+            )
+            # Returning mid-body makes the server close the connection.
+            await send({"type": "http.response.body", "body": body[:100], "more_body": True})
+            return 200
+        case _Kind.HANG:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return 0
+
+
+async def _until_disconnect(receive: Receive, sending: Awaitable[int]) -> int:
+    # A client that gives up mid-body closes the connection: stop writing then.
+    status = 0
+
+    async def send_all() -> None:
+        nonlocal status
+        status = await sending
+        group.cancel_scope.cancel()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send_all)
+        group.start_soon(watch)
+    return status or 200
+
+
+async def _send_oversized(send: Send, size: int, *, declare_length: bool) -> int:
+    headers = [(b"content-type", b"application/json")]
+    if declare_length:
+        headers.append((b"content-length", str(size).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    chunk = b" " * 65536
+    sent = 0
+    while sent < size:
+        piece = chunk[: size - sent]
+        sent += len(piece)
+        await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
+        await anyio.lowlevel.checkpoint()  # lets the server notice a closed connection
+    return 200
+
+
+_DIRECTIONS: Final = ("outbound", "outbound-api", "outbound-dial", "inbound")
+_STATUSES: Final = ("completed", "completed", "completed", "busy", "no-answer", "failed")
+
+
+def _generated_call(call_sid: str, digest: int) -> dict[str, Any]:
+    """A realistic call, the same every time for the same SID."""
+    created = _EPOCH + dt.timedelta(seconds=digest % 31_536_000)
+    talk = digest % 600
+    state = "active" if digest % 97 == 0 else "terminal"
+    agent = f"{digest % 10**10:010d}"
+    return {
+        "call_sid": call_sid,
+        "direction": _DIRECTIONS[digest % len(_DIRECTIONS)],
+        "virtual_number": f"+9180{digest % 10**8:08d}",
+        "call_state": state,
+        "call_status": None if state == "active" else _STATUSES[digest % len(_STATUSES)],
+        "assigned_agent_details": {
+            "user_id": f"{digest:032x}"[:32],
+            "user_name": f"Agent {agent[:4]}",
+            "contact_uri": f"+9199{agent[:8]}",
+            "group_id": None,
+            "group_name": None,
+            "status": "completed",
+        },
+        "customer_details": {
+            "contact_name": f"Customer {agent[4:8]}",
+            "contact_uri": f"+9198{agent[2:10]}",
+            "status": "completed",
+        },
+        "created_time": created.isoformat(),
+        "updated_time": (created + dt.timedelta(seconds=talk + 30)).isoformat(),
+        "start_time": (created + dt.timedelta(seconds=5)).isoformat(),
+        "end_time": (created + dt.timedelta(seconds=talk + 20)).isoformat(),
+        "total_duration": talk + 15,
+        "total_talk_time": talk,
+        "custom_field": None,
+        "app_id": None,
+        "app_name": None,
+        "digits": None,
+        "recordings": [
+            {"url": f"https://recordings.example.com/{call_sid}.mp3"},
+        ],
+    }

@@ -1,0 +1,51 @@
+"""Test automation: `uv run nox` runs tests on every supported Python found, lint and typing."""
+
+from __future__ import annotations
+
+import nox
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typing"]
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def sync(session: nox.Session, *groups: str) -> None:
+    """Install the locked dependencies of ``groups`` into the session's virtualenv."""
+    args = [arg for group in groups for arg in ("--group", group)]
+    session.run_install(
+        "uv",
+        "sync",
+        "--locked",
+        "--no-default-groups",
+        *args,
+        f"--python={session.virtualenv.location}",
+        env={"UV_PROJECT_ENVIRONMENT": session.virtualenv.location},
+    )
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite on asyncio and trio, with branch coverage (fails under 95%)."""
+    sync(session, "test")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report")
+
+
+@nox.session(python=PYTHONS[0])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    sync(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHONS[0])
+def typing(session: nox.Session) -> None:
+    """mypy --strict and pyright (strict) on the package and the public-API typing file."""
+    sync(session, "typing")
+    session.run("mypy")
+    session.run("pyright")

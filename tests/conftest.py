@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccm_async import AsyncCcmClient
+from ccm_async.testing import FakeCcm
+
+SAMPLE_SID = "72827ead13a355d334338f53af71157s"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sample_response() -> dict[str, Any]:
+    """The seed document's sample response, verbatim."""
+    path = Path(__file__).parent / "fixtures" / "sample_response.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fake(sample_response: dict[str, Any]) -> FakeCcm:
+    fake = FakeCcm()
+    fake.add_call(sample_response["response"]["data"])
+    return fake
+
+
+@pytest.fixture
+async def client(fake: FakeCcm) -> AsyncIterator[AsyncCcmClient]:
+    async with fake.client() as client:
+        yield client

@@ -1,0 +1,214 @@
+"""Every error row of the seed's table, and the mapping rules around it."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+
+import pytest
+
+from ccm_async import (
+    ApiError,
+    AsyncCcmClient,
+    AuthenticationError,
+    CallNotFoundError,
+    CcmError,
+    ConfigurationError,
+    InvalidCallSidError,
+    RateLimitError,
+    RequestTimeoutError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+)
+from ccm_async._convert import decode_response
+from ccm_async._errors import parse_retry_after
+from ccm_async.testing import FakeCcm, Fault
+
+pytestmark = pytest.mark.anyio
+
+SEED_ERRORS = [
+    (404, 3043, CallNotFoundError),
+    (404, 3044, CallNotFoundError),
+    (404, 3045, CallNotFoundError),
+    (500, 1100, ServerError),
+    (500, 3042, ServerError),
+    (500, 3046, ServerError),
+    (500, 3075, ServerError),
+]
+
+
+@pytest.mark.parametrize(("http_status", "code", "cls"), SEED_ERRORS)
+async def test_seed_error_table(
+    fake: FakeCcm, client: AsyncCcmClient, http_status: int, code: int, cls: type[ApiError]
+) -> None:
+    fault = Fault.not_found(code) if http_status == 404 else Fault.server_error(code)
+    fake.fail("abc123", fault)
+    with pytest.raises(cls) as info:
+        await client.get_call("abc123")
+    error = info.value
+    assert type(error) is cls
+    assert error.http_status == http_status
+    assert error.code == code
+    assert error.message in ("Call not found / unsupported in this API", "Internal Server Error")
+    assert error.description == error.message
+    assert error.request_id is not None
+    assert len(error.request_id) == 32
+    assert error.call_sid == "abc123"
+    assert str(code) in str(error)
+    assert "abc123" in str(error)
+
+
+async def test_unknown_sid_is_not_found_3043(client: AsyncCcmClient) -> None:
+    with pytest.raises(CallNotFoundError) as info:
+        await client.get_call("nosuchcall")
+    assert info.value.code == 3043
+
+
+async def test_wrong_credentials_say_check_the_region(fake: FakeCcm) -> None:
+    async with fake.client(api_token="wrong-token") as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.get_call("abc123")
+    assert info.value.http_status == 401
+    assert info.value.code == 1010
+    assert "region" in str(info.value)
+    assert "ccm-api.in.exotel.com" in str(info.value)
+    assert "wrong-token" not in str(info.value)
+
+
+async def test_wrong_account_is_forbidden(fake: FakeCcm) -> None:
+    async with fake.client(account_sid="other-account") as client:
+        with pytest.raises(AuthenticationError) as info:
+            await client.get_call("abc123")
+    assert info.value.http_status == 403
+
+
+async def test_rate_limit_carries_retry_after(fake: FakeCcm, client: AsyncCcmClient) -> None:
+    fake.fail("a1", Fault.rate_limited(retry_after=7))
+    fake.fail("a2", Fault.rate_limited())
+    with pytest.raises(RateLimitError) as info:
+        await client.get_call("a1")
+    assert info.value.retry_after == 7.0
+    assert info.value.http_status == 429
+    with pytest.raises(RateLimitError) as info:
+        await client.get_call("a2")
+    assert info.value.retry_after is None
+
+
+async def test_envelope_code_wins_over_http_200(fake: FakeCcm, client: AsyncCcmClient) -> None:
+    fake.fail("abc123", Fault.server_error(3042, http_status=200))
+    with pytest.raises(ServerError) as info:
+        await client.get_call("abc123")
+    assert info.value.http_status == 200
+    assert info.value.code == 3042
+    assert "response code 500" in str(info.value)
+
+
+def test_failure_status_is_an_error_whatever_the_codes() -> None:
+    body = {
+        "request_id": "r",
+        "response": {
+            "status": "failure",
+            "code": 200,
+            "data": None,
+            "error_data": {"code": "1001", "message": "Bad"},
+        },
+    }
+    with pytest.raises(ApiError) as info:
+        decode_response(200, json.dumps(body).encode(), call_sid="abc")
+    assert type(info.value) is ApiError
+    assert info.value.code == 1001
+    assert info.value.message == "Bad"
+    assert info.value.request_id == "r"
+
+
+def test_success_envelope_on_an_error_status_is_an_error() -> None:
+    body = {"response": {"status": "success", "code": 200, "data": {}}}
+    with pytest.raises(ServerError):
+        decode_response(503, json.dumps(body).encode(), call_sid="abc")
+
+
+def test_error_data_of_the_wrong_shape_is_tolerated() -> None:
+    body = {"request_id": 5, "response": {"status": "failure", "code": 404, "error_data": [1]}}
+    with pytest.raises(CallNotFoundError) as info:
+        decode_response(404, json.dumps(body).encode(), call_sid="abc")
+    assert (info.value.code, info.value.message, info.value.request_id) == (None, None, None)
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_html_gateway_page_is_a_server_error(
+    fake: FakeCcm, client: AsyncCcmClient, status: int
+) -> None:
+    fake.fail("abc123", Fault.html(status, retry_after=3))
+    with pytest.raises(ServerError) as info:
+        await client.get_call("abc123")
+    assert info.value.http_status == status
+    assert info.value.code is None
+    assert info.value.retry_after == 3.0
+    assert "not the CCM API's envelope" in str(info.value)
+    assert isinstance(info.value.__cause__, ResponseFormatError)
+
+
+@pytest.mark.parametrize("status", [301, 400, 401, 404, 418])
+def test_foreign_non_5xx_page_is_a_plain_api_error(status: int) -> None:
+    with pytest.raises(ApiError) as info:
+        decode_response(status, b"<html>nginx</html>", call_sid="abc")
+    assert type(info.value) is ApiError
+    assert "not the CCM API's envelope" in str(info.value)
+
+
+def test_foreign_json_404_is_a_plain_api_error() -> None:
+    with pytest.raises(ApiError) as info:
+        decode_response(404, b'{"detail": "Not Found"}', call_sid="abc")
+    assert type(info.value) is ApiError
+
+
+def test_foreign_429_is_still_rate_limiting() -> None:
+    with pytest.raises(RateLimitError):
+        decode_response(429, b"slow down", call_sid="abc", retry_after=2.0)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [(Fault.malformed(), "not JSON"), (Fault.truncated(), "not JSON")],
+)
+async def test_bad_bodies_are_format_errors(
+    fake: FakeCcm, client: AsyncCcmClient, fault: Fault, message: str
+) -> None:
+    fake.fail("abc123", fault)
+    with pytest.raises(ResponseFormatError, match=message):
+        await client.get_call("abc123")
+
+
+async def test_malformed_stored_call_names_the_field(fake: FakeCcm, client: AsyncCcmClient) -> None:
+    fake.add_call({"call_sid": "bad1", "total_talk_time": "seven"})
+    with pytest.raises(ResponseFormatError, match=r"\$\.response\.data\.total_talk_time"):
+        await client.get_call("bad1")
+
+
+def test_exception_tree() -> None:
+    assert issubclass(ConfigurationError, CcmError)
+    assert issubclass(ConfigurationError, ValueError)
+    assert issubclass(InvalidCallSidError, ValueError)
+    assert issubclass(RequestTimeoutError, TransportError)
+    assert issubclass(RequestTimeoutError, TimeoutError)
+    assert issubclass(TransportError, CcmError)
+    for cls in (CallNotFoundError, AuthenticationError, RateLimitError, ServerError):
+        assert issubclass(cls, ApiError)
+    assert issubclass(ApiError, CcmError)
+    assert ResponseFormatError.__bases__ == (CcmError,)
+
+
+def test_retry_after_seconds_and_dates() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("5") == 5.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(date, now=now) == 30.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00") is None
+    assert parse_retry_after(date) is not None
