@@ -7,7 +7,7 @@ import nox
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "lowest", "lint", "typing"]
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 
@@ -49,3 +49,21 @@ def typing(session: nox.Session) -> None:
     sync(session, "typing")
     session.run("mypy")
     session.run("pyright")
+
+
+@nox.session(python=PYTHONS[0])
+def lowest(session: nox.Session) -> None:
+    """The suite against the lowest versions pyproject.toml allows: the bounds are tested."""
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--resolution=lowest-direct",
+        "-e",
+        ".[testing]",
+        "pytest>=8.3",
+        "hypothesis>=6.100",
+        "trio>=0.27",
+        f"--python={session.virtualenv.location}",
+    )
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
