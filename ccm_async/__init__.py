@@ -26,10 +26,13 @@ from ccm_async._models import (
     CallDetails,
     CallState,
     CallStatus,
+    ClientStats,
     CustomerDetails,
     Direction,
     Recording,
 )
+from ccm_async._retry import RetryPolicy
+from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
 
 __all__ = [
@@ -42,15 +45,18 @@ __all__ = [
     "CallState",
     "CallStatus",
     "CcmError",
+    "ClientStats",
     "ConfigurationError",
     "CustomerDetails",
     "Direction",
     "InvalidCallSidError",
+    "RateLimit",
     "RateLimitError",
     "Recording",
     "Region",
     "RequestTimeoutError",
     "ResponseFormatError",
+    "RetryPolicy",
     "ServerError",
     "TransportError",
     "__version__",

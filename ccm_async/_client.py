@@ -1,17 +1,18 @@
 """AsyncCcmClient: the client's lifecycle and the way of one lookup.
 
-``get_call(sid)`` -> validate the SID -> concurrency slot -> httpx GET (no
-redirects, body capped) -> decode status and envelope -> ``CallDetails`` or a
-typed :class:`~ccm_async.CcmError`.
+```get_call(sid)`` -> validate the SID -> retry loop [ client-wide pause ->
+concurrency slot -> rate-limit permit -> httpx GET (no redirects, body capped)
+-> release slot -> decode status and envelope ] -> ``CallDetails`` or a typed
+:class:`~ccm_async.CcmError`. No slot is held while waiting between attempts.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import time
 import zlib
 from collections.abc import Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
 
 import anyio
@@ -28,20 +29,27 @@ from ccm_async._config import (
 )
 from ccm_async._convert import decode_response
 from ccm_async._errors import (
+    ApiError,
     ConfigurationError,
+    RateLimitError,
     RequestTimeoutError,
     ResponseFormatError,
     TransportError,
     parse_retry_after,
 )
-from ccm_async._models import CallDetails
+from ccm_async._models import CallDetails, ClientStats
+from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
+from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
 
 logger: Final = logging.getLogger("ccm_async")
+logger.addHandler(logging.NullHandler())  # a library leaves output to the application
 
 _MAX_CONCURRENCY_LIMIT: Final = 4096
+DEFAULT_RETRY: Final = RetryPolicy()
+_SINGLE_ATTEMPT: Final = RetryPolicy(attempts=1)
 _USER_AGENT: Final = f"ccm-async/{__version__}"
 
 
@@ -59,7 +67,10 @@ class AsyncCcmClient:
         region: ``"sg"`` (Singapore, the default) or ``"in"`` (Mumbai).
         base_url: overrides the region's host; https unless the host is loopback.
         max_concurrency: requests in flight at once, across all lookups (1-4096).
-        timeout: httpx's per-request timeouts, a float or an ``httpx.Timeout``.
+        timeout: httpx's per-request timeouts, a float or an ``httpx.Timeout``
+            (the lookup's overall deadline is ``RetryPolicy.timeout``).
+        retry: a :class:`RetryPolicy`, or None for a single attempt.
+        rate_limit: a :class:`RateLimit` the client keeps to, or None to adapt to 429s.
         http_client: an ``httpx.AsyncClient`` of your own (proxies, event hooks, TLS).
     """
 
@@ -73,6 +84,8 @@ class AsyncCcmClient:
         base_url: str | None = None,
         max_concurrency: int = 32,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        rate_limit: RateLimit | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
@@ -93,7 +106,11 @@ class AsyncCcmClient:
             "user-agent": _USER_AGENT,
         }
         self._max_concurrency = max_concurrency
-        self._slots = anyio.Semaphore(max_concurrency)
+        self._slots = Slots(max_concurrency)
+        self._policy = retry or _SINGLE_ATTEMPT
+        self._budget = RetryBudget(self._policy.budget_tokens, self._policy.budget_refill)
+        self._throttle = Throttle(rate_limit)
+        self._counters = _Counters()
         self._owns_http = http_client is None
         self._http = http_client or _new_http_client(max_concurrency, timeout)
         self._closed = False
@@ -118,6 +135,21 @@ class AsyncCcmClient:
         """The account whose calls are looked up."""
         return self._account_sid
 
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of what this client has done so far."""
+        counters = self._counters
+        limiter = self._throttle.limiter
+        return ClientStats(
+            requests=counters.requests,
+            retries=counters.retries,
+            responses=MappingProxyType(dict(counters.responses)),
+            transport_errors=counters.transport_errors,
+            budget_denials=counters.budget_denials,
+            rate_limit_waits=counters.rate_limit_waits,
+            adaptive_rate=limiter.rate if isinstance(limiter, AdaptiveRate) else None,
+        )
+
     def __repr__(self) -> str:
         return f"<AsyncCcmClient account_sid={self._account_sid!r} base_url={self._base_url!r}>"
 
@@ -139,22 +171,78 @@ class AsyncCcmClient:
             await self._http.aclose()
 
     async def get_call(self, call_sid: str) -> CallDetails:
-        """The details of one call.
+        """The details of one call, retried as the client's :class:`RetryPolicy` says.
 
         Raises:
             InvalidCallSidError: before any request, if ``call_sid`` cannot be one.
             CallNotFoundError, AuthenticationError, RateLimitError, ServerError,
-            ApiError, TransportError, ResponseFormatError: see the exception tree.
+            ApiError, TransportError, ResponseFormatError: see the exception tree;
+            ``attempts`` on the error says how many requests were sent.
         """
         call_sid = validate_call_sid(call_sid)
         if self._closed:
             raise RuntimeError("the client is closed")
-        async with self._slots:
-            return await self._request(call_sid)
+        lookup = Lookup(call_sid, self._policy, self._budget, self._counters.deny_retry)
+        return await lookup.run(self._attempt)
 
-    async def _request(self, call_sid: str) -> CallDetails:
+    async def _attempt(self, lookup: Lookup) -> CallDetails:
+        if lookup.attempts:
+            self._counters.retries += 1
+        # The deadline covers every wait once the first attempt was sent; a slot
+        # is held only from the rate-limit permit to the end of the response.
+        with anyio.CancelScope(deadline=lookup.deadline) as scope:
+            if await self._throttle.wait_pause():
+                self._counters.rate_limit_waits += 1
+            async with self._slots.hold(retry=lookup.attempts > 0):
+                if await self._throttle.limiter.acquire():
+                    self._counters.rate_limit_waits += 1
+                lookup.start()
+                scope.deadline = lookup.deadline
+                lookup.attempts += 1
+                return await self._exchange(lookup.call_sid, lookup.attempts)
+        raise lookup.deadline_error()
+
+    async def _exchange(self, call_sid: str, attempt: int) -> CallDetails:
+        """One request and its decoding, fed back to the budget and the limiter."""
+        started = anyio.current_time()
+        status: int | str = "no response"
+        try:
+            status, body, retry_after = await self._send(call_sid)
+            call = decode_response(status, body, call_sid=call_sid, retry_after=retry_after)
+        except TransportError:
+            self._counters.transport_errors += 1
+            self._budget.record_failure()
+            raise
+        except ApiError as exc:
+            if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+                self._throttle.pause(exc.retry_after)
+                self._throttle.limiter.record(limited=False)
+            else:
+                self._throttle.limiter.record(limited=isinstance(exc, RateLimitError))
+            if is_retryable(exc):
+                self._budget.record_failure()
+            else:
+                self._budget.record_success()
+            raise
+        else:
+            self._throttle.limiter.record(limited=False)
+            self._budget.record_success()
+            return call
+        finally:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "GET call %s attempt %d: %s in %.1f ms",
+                    call_sid,
+                    attempt,
+                    status,
+                    (anyio.current_time() - started) * 1000,
+                    extra={"call_sid": call_sid, "attempt": attempt, "status": status},
+                )
+
+    async def _send(self, call_sid: str) -> tuple[int, bytes, float | None]:
+        """The HTTP exchange: status, body (capped) and Retry-After; no redirects."""
         request = self._http.build_request("GET", self._calls_url + call_sid, headers=self._headers)
-        started = time.monotonic()
+        self._counters.requests += 1
         try:
             response = await self._http.send(request, stream=True, follow_redirects=False)
             try:
@@ -165,19 +253,27 @@ class AsyncCcmClient:
             raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from exc
         except httpx.RequestError as exc:
             raise TransportError(_describe(exc), call_sid=call_sid) from exc
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "GET call %s: HTTP %d in %.1f ms",
-                call_sid,
-                response.status_code,
-                (time.monotonic() - started) * 1000,
-            )
-        return decode_response(
+        self._counters.responses[response.status_code] += 1
+        return (
             response.status_code,
             body,
-            call_sid=call_sid,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            parse_retry_after(response.headers.get("retry-after")),
         )
+
+
+class _Counters:
+    """The mutable tallies behind :attr:`AsyncCcmClient.stats`."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.responses: collections.Counter[int] = collections.Counter()
+        self.transport_errors = 0
+        self.budget_denials = 0
+        self.rate_limit_waits = 0
+
+    def deny_retry(self) -> None:
+        self.budget_denials += 1
 
 
 def _describe(exc: httpx.RequestError) -> str:

@@ -44,12 +44,14 @@ __all__ = [
 class CcmError(Exception):
     """Base class of every error raised by ccm_async.
 
-    ``call_sid`` names the lookup that failed, when there was one.
+    ``call_sid`` names the lookup that failed, when there was one; ``attempts``
+    is how many requests the lookup sent before giving up (0 when none was).
     """
 
     def __init__(self, message: str, *, call_sid: str | None = None) -> None:
         super().__init__(message)
         self.call_sid = call_sid
+        self.attempts = 0
 
 
 class ConfigurationError(CcmError, ValueError):
@@ -68,7 +70,10 @@ class TransportError(CcmError):
 
 
 class RequestTimeoutError(TransportError, TimeoutError):
-    """An httpx timeout (connect, read, write or pool) expired."""
+    """An httpx timeout (connect, read, write or pool) expired, or the lookup's
+    deadline (``RetryPolicy.timeout``) passed; then ``deadline_exceeded`` is True."""
+
+    deadline_exceeded: bool = False
 
 
 class ResponseFormatError(CcmError):

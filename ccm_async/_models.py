@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Mapping
 
 import attrs
 
@@ -18,6 +19,7 @@ __all__ = [
     "CallDetails",
     "CallState",
     "CallStatus",
+    "ClientStats",
     "CustomerDetails",
     "Direction",
     "Recording",
@@ -115,3 +117,27 @@ class CallDetails:
     def is_terminal(self) -> bool:
         """True once the call has ended: its details no longer change."""
         return self.call_state == CallState.TERMINAL
+
+
+@attrs.frozen(kw_only=True)
+class ClientStats:
+    """A snapshot of a client's work (``client.stats``).
+
+    Attributes:
+        requests: HTTP requests sent, retries included.
+        retries: attempts after a lookup's first.
+        responses: responses received, by HTTP status.
+        transport_errors: requests that got no complete response.
+        budget_denials: retries the retry budget refused.
+        rate_limit_waits: times a request waited for the rate limit or a 429 pause.
+        adaptive_rate: the rate (requests/s) the client adapted to after 429s, or
+            None while it has no reason to limit itself (or has a configured limit).
+    """
+
+    requests: int
+    retries: int
+    responses: Mapping[int, int]
+    transport_errors: int
+    budget_denials: int
+    rate_limit_waits: int
+    adaptive_rate: float | None

@@ -34,5 +34,6 @@ def fake(sample_response: dict[str, Any]) -> FakeCcm:
 
 @pytest.fixture
 async def client(fake: FakeCcm) -> AsyncIterator[AsyncCcmClient]:
-    async with fake.client() as client:
+    """A single-attempt client: each error is seen as the API sent it."""
+    async with fake.client(retry=None) as client:
         yield client

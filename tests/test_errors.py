@@ -23,7 +23,7 @@ from ccm_async import (
 )
 from ccm_async._convert import decode_response
 from ccm_async._errors import parse_retry_after
-from ccm_async.testing import FakeCcm, Fault
+from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +86,7 @@ async def test_wrong_account_is_forbidden(fake: FakeCcm) -> None:
 async def test_rate_limit_carries_retry_after(fake: FakeCcm, client: AsyncCcmClient) -> None:
     fake.fail("a1", Fault.rate_limited(retry_after=7))
     fake.fail("a2", Fault.rate_limited())
-    with pytest.raises(RateLimitError) as info:
+    with instant_backoff(), pytest.raises(RateLimitError) as info:
         await client.get_call("a1")
     assert info.value.retry_after == 7.0
     assert info.value.http_status == 429

@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from ccm_async import CallDetails, RateLimitError, ServerError
+from ccm_async import CallDetails, ServerError
 from ccm_async.testing import FakeCcm, Fault
 
 pytestmark = pytest.mark.anyio
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 async def test_fail_times_then_recover() -> None:
     fake = FakeCcm(generate=True)
     fake.fail("s1", Fault.server_error(3046), times=2)
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         for _ in range(2):
             with pytest.raises(ServerError):
                 await client.get_call("s1")
@@ -30,20 +30,20 @@ async def test_fail_times_then_recover() -> None:
 async def test_random_faults_respect_the_cap_per_sid() -> None:
     fake = FakeCcm(generate=True, seed=7)
     fake.fail_randomly(Fault.server_error(), rate=0.5, max_per_sid=2)
-    fake.fail_randomly(Fault.rate_limited(), rate=0.5, max_per_sid=2)
+    fake.fail_randomly(Fault.html(503), rate=0.5, max_per_sid=2)
     failures = {f"s{i}": 0 for i in range(50)}
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         for sid in failures:
             while True:
                 try:
                     await client.get_call(sid)
                     break
-                except (ServerError, RateLimitError):
+                except ServerError:
                     failures[sid] += 1
     assert max(failures.values()) == 2
     assert sum(failures.values()) > 25
     fake.clear_faults()
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         await client.get_call("s0")
 
 
@@ -51,7 +51,7 @@ async def test_same_seed_same_faults() -> None:
     async def statuses(seed: int) -> list[int]:
         fake = FakeCcm(generate=True, seed=seed)
         fake.fail_randomly(Fault.server_error(), rate=0.3)
-        async with fake.client() as client:
+        async with fake.client(retry=None) as client:
             for i in range(40):
                 with contextlib.suppress(ServerError):
                     await client.get_call(f"s{i}")
@@ -63,7 +63,7 @@ async def test_same_seed_same_faults() -> None:
 
 async def test_latency_range_and_log_bound() -> None:
     fake = FakeCcm(generate=True, latency=(0.0, 0.001), log_size=5)
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         for i in range(8):
             await client.get_call(f"s{i}")
     assert fake.request_count == 8
@@ -86,7 +86,7 @@ async def test_added_calls_are_served_as_given() -> None:
     fake.add_call(call)
     assert fake.has_call("given")
     assert "calls=1" in repr(fake)
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         assert await client.get_call("given") == call
     with pytest.raises(ValueError, match="call_sid"):
         fake.add_call({"call_state": "active"})
@@ -101,7 +101,7 @@ async def _raw(fake: FakeCcm, method: str, path: str, **headers: str) -> httpx.R
 
 async def test_routes_methods_and_auth() -> None:
     fake = FakeCcm(generate=True)
-    async with fake.client() as client:
+    async with fake.client(retry=None) as client:
         await client.get_call("ok")
     authorization = fake.client()._headers["authorization"]
     wrong_path = await _raw(fake, "GET", "/v1/other", authorization=authorization)

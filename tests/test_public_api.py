@@ -17,15 +17,18 @@ PUBLIC = {
     "CallState",
     "CallStatus",
     "CcmError",
+    "ClientStats",
     "ConfigurationError",
     "CustomerDetails",
     "Direction",
     "InvalidCallSidError",
+    "RateLimit",
     "RateLimitError",
     "Recording",
     "Region",
     "RequestTimeoutError",
     "ResponseFormatError",
+    "RetryPolicy",
     "ServerError",
     "TransportError",
     "__version__",
@@ -35,7 +38,13 @@ PUBLIC = {
 def test_all_is_the_public_names_sorted() -> None:
     assert set(ccm_async.__all__) == PUBLIC
     assert ccm_async.__all__ == sorted(ccm_async.__all__)
-    assert ccm_async.testing.__all__ == ["FakeCcm", "Fault", "RecordedRequest"]
+    assert ccm_async.testing.__all__ == [
+        "FakeCcm",
+        "FakeCredentials",
+        "Fault",
+        "RecordedRequest",
+        "instant_backoff",
+    ]
 
 
 def test_every_public_name_has_a_docstring() -> None:

@@ -26,7 +26,11 @@ async def served() -> AsyncIterator[tuple[FakeCcm, AsyncCcmClient]]:
     async with fake.serve() as base_url:
         assert base_url.startswith("http://127.0.0.1:")
         async with AsyncCcmClient(
-            **fake.credentials, base_url=base_url, timeout=httpx.Timeout(2.0), max_concurrency=4
+            **fake.credentials,
+            base_url=base_url,
+            timeout=httpx.Timeout(2.0),
+            max_concurrency=4,
+            retry=None,
         ) as client:
             yield fake, client
 
@@ -54,7 +58,9 @@ async def test_server_that_never_answers_times_out() -> None:
     fake.fail("hang-1", Fault.hang())
     async with (
         fake.serve() as base_url,
-        AsyncCcmClient(**fake.credentials, base_url=base_url, timeout=httpx.Timeout(0.3)) as client,
+        AsyncCcmClient(
+            **fake.credentials, base_url=base_url, timeout=httpx.Timeout(0.3), retry=None
+        ) as client,
     ):
         with pytest.raises(RequestTimeoutError) as info:
             await client.get_call("hang-1")

@@ -11,6 +11,7 @@ fault injection, usable in-process (``fake.client()``) or on a real socket
         ...
 """
 
-from ccm_async.testing._fake import FakeCcm, Fault, RecordedRequest
+from ccm_async._retry import instant_backoff
+from ccm_async.testing._fake import FakeCcm, FakeCredentials, Fault, RecordedRequest
 
-__all__ = ["FakeCcm", "Fault", "RecordedRequest"]
+__all__ = ["FakeCcm", "FakeCredentials", "Fault", "RecordedRequest", "instant_backoff"]

@@ -13,6 +13,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypedDict
@@ -25,6 +26,7 @@ import httpx
 from ccm_async._client import AsyncCcmClient
 from ccm_async._convert import unstructure_call
 from ccm_async._models import CallDetails
+from ccm_async._throttle import RateLimit
 
 __all__ = ["FakeCcm", "Fault", "RecordedRequest"]
 
@@ -173,7 +175,10 @@ class FakeCcm:
     ``generate=True``, with a deterministic realistic call (so a million SIDs need
     no setup; ``missing_rate`` of them are not found). It fails on demand
     (:meth:`fail`, :meth:`fail_randomly`), adds ``latency`` (seconds, or a
-    ``(low, high)`` range), and records the last ``log_size`` requests.
+    ``(low, high)`` range), and records the last ``log_size`` requests. With
+    ``rate_limit`` it answers 429 to requests beyond that many in any window (a
+    sliding window per account, as a server counts), with a ``Retry-After`` when
+    ``rate_limit_retry_after`` is set.
 
     Use it in-process with :meth:`client` (fast), or on a real socket with
     :meth:`serve` (needs ``ccm-async[testing]``) for what only a socket shows:
@@ -191,6 +196,8 @@ class FakeCcm:
         latency: float | tuple[float, float] = 0.0,
         seed: int = 0,
         log_size: int = 10_000,
+        rate_limit: RateLimit | None = None,
+        rate_limit_retry_after: bool = False,
     ) -> None:
         self.api_key = api_key
         self.api_token = api_token
@@ -208,6 +215,11 @@ class FakeCcm:
         self._random_plans: list[_RandomPlan] = []
         self._random_failures: collections.Counter[str] = collections.Counter()
         self._log: collections.deque[RecordedRequest] = collections.deque(maxlen=log_size)
+        self.rate_limit = rate_limit
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self._admitted: collections.deque[float] = collections.deque(
+            maxlen=rate_limit.requests if rate_limit else 0
+        )
         self.request_count = 0
         """Every request seen since creation (the log keeps only the last ``log_size``)."""
         self.in_flight = 0
@@ -355,6 +367,11 @@ class FakeCcm:
             return await _send_envelope(send, 401, 401, error_code=1010)
         if match["account"] != self.account_sid:
             return await _send_envelope(send, 403, 403, error_code=1003)
+        wait = self._admit()
+        if wait is not None:
+            retry_after = [(b"retry-after", f"{wait:.3f}".encode())]
+            headers = retry_after if self.rate_limit_retry_after else []
+            return await _send_envelope(send, 429, 429, error_code=None, headers=headers)
         await self._delay()
         fault = self._pick_fault(call_sid)
         if fault is not None:
@@ -363,6 +380,17 @@ class FakeCcm:
         if data is None:
             return await _send_envelope(send, 404, 404, error_code=3043)
         return await _send_json(send, 200, _success(data))
+
+    def _admit(self) -> float | None:
+        """None if the rate limit admits a request now, else the seconds until it would."""
+        if self.rate_limit is None:
+            return None
+        now = time.monotonic()
+        admitted = self._admitted
+        if len(admitted) == admitted.maxlen and now - admitted[0] < self.rate_limit.per:
+            return admitted[0] + self.rate_limit.per - now
+        admitted.append(now)
+        return None
 
     async def _delay(self) -> None:
         latency = self.latency

@@ -1,0 +1,233 @@
+"""RetryPolicy, the shared retry budget, and the tenacity loop of one lookup.
+
+What is retried: :class:`ServerError` (every 5xx, also an HTTP 200 whose
+envelope says 5xx), :class:`RateLimitError` and :class:`TransportError`. Never
+an error the next attempt would repeat (not found, authentication, other 4xx,
+a malformed body, an invalid SID), and never a cancellation: the predicate
+tests ``Exception`` subclasses only, so ``CancelledError`` and trio's
+``Cancelled`` (BaseExceptions) always propagate at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Final, TypeVar
+
+import anyio
+import attrs
+import tenacity
+
+from ccm_async._errors import (
+    ApiError,
+    CcmError,
+    ConfigurationError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+)
+
+__all__ = [
+    "Lookup",
+    "RetryBudget",
+    "RetryPolicy",
+    "backoff_is_instant",
+    "instant_backoff",
+    "is_retryable",
+]
+
+logger: Final = logging.getLogger("ccm_async")
+
+_T = TypeVar("_T")
+_RETRY_AFTER_CAP: Final = 60.0
+_instant = False
+
+
+def _bounded(low: float, high: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if not isinstance(value, int | float) or not (low <= value <= high):
+            raise ConfigurationError(f"{attribute.name} must be from {low:g} to {high:g}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How one lookup retries, and the retry budget its client shares.
+
+    Backoff is exponential from ``wait_initial``, doubling per retry, capped at
+    ``wait_max``, with *full jitter*: the wait is drawn uniformly from zero up to
+    that value. Full jitter spreads a thousand lookups that failed together over
+    the whole interval, so they do not come back together, and it does the least
+    total waiting of the usual jitter schemes. A ``Retry-After`` on a 429 or 503
+    is waited exactly, when it is at most min(60 s, the time left); when it is
+    longer the lookup gives up at once with that response's error.
+
+    Attributes:
+        attempts: attempts per lookup, the first included (1-20).
+        wait_initial: the first backoff's upper bound, in seconds.
+        wait_max: the cap on any backoff, in seconds.
+        timeout: the lookup's deadline in seconds: from the first attempt's send,
+            over every attempt and wait (queueing for a first slot does not count).
+        budget_tokens: the retry budget (gRPC retry throttling), shared by all
+            lookups of a client: every failed attempt takes a token, every
+            success gives back ``budget_refill``, and retries happen only while
+            more than half the tokens are left. Under a total outage this caps
+            retries at about ``budget_tokens / 2`` in all.
+        budget_refill: tokens a successful attempt gives back.
+    """
+
+    attempts: int = attrs.field(default=4, validator=_bounded(1, 20))
+    wait_initial: float = attrs.field(default=0.25, validator=_bounded(0.0, 60.0))
+    wait_max: float = attrs.field(default=8.0, validator=_bounded(0.0, 300.0))
+    timeout: float = attrs.field(default=30.0, validator=_bounded(0.001, 3600.0))
+    budget_tokens: float = attrs.field(default=500.0, validator=_bounded(2.0, 1e9))
+    budget_refill: float = attrs.field(default=0.1, validator=_bounded(0.0, 1e9))
+
+    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """The jittered wait before retry ``retry_number`` (1 for the first retry)."""
+        ceiling = min(self.wait_max, self.wait_initial * 2.0 ** (retry_number - 1))
+        return (rng or random).uniform(0.0, ceiling)
+
+
+class RetryBudget:
+    """A token bucket shared by every lookup of one client (gRPC's retry throttling)."""
+
+    def __init__(self, tokens: float, refill: float) -> None:
+        self._max = tokens
+        self._tokens = tokens
+        self._refill = refill
+
+    @property
+    def tokens(self) -> float:
+        """The tokens left."""
+        return self._tokens
+
+    def record_success(self) -> None:
+        """An attempt got an answer that was not a retryable failure."""
+        self._tokens = min(self._max, self._tokens + self._refill)
+
+    def record_failure(self) -> None:
+        """An attempt failed in a way that is retried."""
+        self._tokens = max(0.0, self._tokens - 1.0)
+
+    def allows_retry(self) -> bool:
+        """Whether a retry may be sent now."""
+        return self._tokens > self._max / 2
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a next attempt could succeed where this one failed."""
+    return isinstance(exc, ServerError | RateLimitError | TransportError) and not getattr(
+        exc, "deadline_exceeded", False
+    )
+
+
+def backoff_is_instant() -> bool:
+    """Whether :func:`instant_backoff` is on."""
+    return _instant
+
+
+@contextlib.contextmanager
+def instant_backoff() -> Generator[None]:
+    """Make every retry wait, and every 429 pause, zero seconds inside the block.
+
+    For users' test suites: retries still happen and still count (and the waits
+    the policy chose are still logged); only the waiting is skipped. A configured
+    rate limit still applies.
+    """
+    global _instant  # noqa: PLW0603 - a process-wide testing switch, like stamina's
+    previous, _instant = _instant, True
+    try:
+        yield
+    finally:
+        _instant = previous
+
+
+class Lookup:
+    """The retry state of one lookup: its attempts, deadline and the next wait."""
+
+    def __init__(
+        self, call_sid: str, policy: RetryPolicy, budget: RetryBudget, on_denied: Callable[[], None]
+    ) -> None:
+        self.call_sid = call_sid
+        self.policy = policy
+        self.budget = budget
+        self.attempts = 0
+        self.deadline = float("inf")
+        self.next_wait: float | None = 0.0
+        self._on_denied = on_denied
+
+    def start(self) -> None:
+        """The first attempt is being sent: the deadline starts now."""
+        if self.deadline == float("inf"):
+            self.deadline = anyio.current_time() + self.policy.timeout
+
+    def deadline_error(self) -> RequestTimeoutError:
+        """The error for a lookup whose deadline passed."""
+        error = RequestTimeoutError(
+            f"lookup deadline of {self.policy.timeout:g}s exceeded after "
+            f"{self.attempts} attempt(s)",
+            call_sid=self.call_sid,
+        )
+        error.deadline_exceeded = True
+        return error
+
+    async def run(self, attempt: Callable[[Lookup], Awaitable[_T]]) -> _T:
+        """Run ``attempt`` under the policy; raises the last attempt's own error."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(is_retryable),
+            stop=self._stop,
+            wait=self._wait,
+            sleep=anyio.sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return await retrying(attempt, self)
+        except CcmError as exc:
+            exc.attempts = self.attempts
+            raise
+
+    # tenacity asks for the wait before it asks whether to stop: plan the wait
+    # there (None when the lookup must give up) and let the stop read the plan.
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        self.next_wait = self._plan_wait(state.outcome.exception() if state.outcome else None)
+        return 0.0 if _instant or self.next_wait is None else self.next_wait
+
+    def _plan_wait(self, exc: BaseException | None) -> float | None:
+        left = self.deadline - anyio.current_time()
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            return retry_after if retry_after <= min(_RETRY_AFTER_CAP, left) else None
+        wait = self.policy.backoff(self.attempts)
+        return wait if wait < left else None
+
+    def _stop(self, _: tenacity.RetryCallState) -> bool:
+        if self.attempts >= self.policy.attempts or self.next_wait is None:
+            return True
+        if not self.budget.allows_retry():
+            self._on_denied()
+            return True
+        return False
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "retrying call %s after attempt %d of %d failed (%s); waiting %.3fs",
+            self.call_sid,
+            self.attempts,
+            self.policy.attempts,
+            type(exc).__name__,
+            self.next_wait,
+            extra={"call_sid": self.call_sid, "attempt": self.attempts, "wait": self.next_wait},
+        )
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    if isinstance(exc, ApiError) and (isinstance(exc, RateLimitError) or exc.http_status == 503):
+        return exc.retry_after
+    return None

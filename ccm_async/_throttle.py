@@ -1,0 +1,206 @@
+"""The concurrency bound and request-rate limiting, shared by every lookup of a client.
+
+:class:`Slots` bounds the requests in flight; a retry goes ahead of first
+attempts in its queue, so that it does not wait behind a whole bulk fetch
+while its deadline runs.
+
+A permit is taken at send time, after the concurrency slot. With a configured
+:class:`RateLimit` the client never starts more than ``requests`` requests in
+any window of ``per`` seconds (a sliding window, as a server counts). Without
+one it adapts to 429s: a sustained share of them lowers its rate
+(multiplicative decrease, from the rate the server was seen to accept), and
+successes raise it back slowly (additive increase). A 429's ``Retry-After``
+pauses every new request of the client for that long.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ccm_async._errors import ConfigurationError
+from ccm_async._retry import backoff_is_instant
+
+__all__ = ["AdaptiveRate", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
+
+
+class Slots:
+    """A FIFO semaphore of ``size`` slots whose retries queue ahead of first attempts."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._first: collections.deque[anyio.Event] = collections.deque()
+        self._retries: collections.deque[anyio.Event] = collections.deque()
+
+    @asynccontextmanager
+    async def hold(self, *, retry: bool) -> AsyncGenerator[None]:
+        """Hold a slot for the block."""
+        await self._acquire(retry=retry)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, *, retry: bool) -> None:
+        if self._free and not (self._first or self._retries):
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            self._free -= 1
+            return
+        handed = anyio.Event()
+        queue = self._retries if retry else self._first
+        queue.append(handed)
+        try:
+            await handed.wait()
+        except BaseException:
+            if handed.is_set():
+                self._release()  # handed a slot while leaving: pass it on
+            else:
+                queue.remove(handed)
+            raise
+
+    def _release(self) -> None:
+        for queue in (self._retries, self._first):
+            if queue:
+                queue.popleft().set()  # the slot goes straight to the next in line
+                return
+        self._free += 1
+
+
+@attrs.frozen(kw_only=True)
+class RateLimit:
+    """At most ``requests`` requests start in any ``per`` seconds (Exotel's default
+    for an account is 200 per 60 s)."""
+
+    requests: int
+    per: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.requests, int) or not 1 <= self.requests <= 1_000_000:
+            raise ConfigurationError("RateLimit.requests must be an integer from 1 to 1000000")
+        if not isinstance(self.per, int | float) or not 0.001 <= self.per <= 86_400:
+            raise ConfigurationError("RateLimit.per must be from 0.001 to 86400 seconds")
+
+
+class SlidingWindow:
+    """Never more than ``requests`` starts in any window of ``per`` seconds."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self._per = limit.per
+        self._starts: collections.deque[float] = collections.deque(maxlen=limit.requests)
+        self._lock = anyio.Lock()
+
+    async def acquire(self) -> bool:
+        """Wait for a permit; True when that meant waiting (for the window or in line)."""
+        waited = self._lock.locked()
+        async with self._lock:
+            if len(self._starts) == self._starts.maxlen:
+                delay = self._starts[0] + self._per - anyio.current_time()
+                if delay > 0:
+                    waited = True
+                    await anyio.sleep(delay)
+            self._starts.append(anyio.current_time())
+            return waited
+
+    def record(self, *, limited: bool) -> None:
+        """A configured limit does not adapt."""
+
+
+class AdaptiveRate:
+    """AIMD pacing that converges on a server's limit without knowing it.
+
+    Unlimited until 429s are sustained: at least ``_TRIGGER`` of them, and at
+    least ``_SHARE`` of the last ``_WINDOW`` responses. A sprinkle of isolated
+    429s (1% of responses) practically never reaches that: it does not throttle
+    a bulk run.
+    Then the rate becomes ``_DECREASE`` times the rate the server accepted over
+    those responses (or the current rate, if lower), and no further decrease
+    happens for a while, since requests sent at the old rate are still coming
+    back. Each success adds a small step, so the rate climbs back over a few
+    hundred requests. 429s with a ``Retry-After`` pause the client instead.
+    """
+
+    _WINDOW: Final = 100
+    _TRIGGER: Final = 10
+    _SHARE: Final = 0.1
+    _DECREASE: Final = 0.7
+    _MIN_RATE: Final = 0.05
+    _RECOVERY_REQUESTS: Final = 200.0
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque(
+            maxlen=self._WINDOW
+        )
+        self._step = 0.0
+        self._hold_until = 0.0
+        self._next_send = 0.0
+        self._lock = anyio.Lock()
+
+    async def acquire(self) -> bool:
+        """Wait for the next paced send time; True when that meant waiting."""
+        if self.rate is None:
+            return False
+        waited = self._lock.locked()
+        async with self._lock:
+            now = anyio.current_time()
+            send_at = max(now, self._next_send)
+            self._next_send = send_at + 1.0 / self.rate
+            if send_at > now:
+                await anyio.sleep(send_at - now)
+                return True
+            return waited
+
+    def record(self, *, limited: bool) -> None:
+        """Feed back one response: was it a 429 without a Retry-After?"""
+        now = anyio.current_time()
+        self._outcomes.append((now, limited))
+        if not limited:
+            if self.rate is not None:
+                self.rate += self._step
+            return
+        limited_count = sum(1 for _, was_limited in self._outcomes if was_limited)
+        sustained = limited_count >= max(self._TRIGGER, self._SHARE * len(self._outcomes))
+        if sustained and now >= self._hold_until:
+            self._decrease(now, limited_count)
+
+    def _decrease(self, now: float, limited_count: int) -> None:
+        span = max(1.0, now - self._outcomes[0][0])
+        accepted = len(self._outcomes) - limited_count
+        # The rate the server accepted; if it accepted nothing, what was sent.
+        estimate = (accepted or len(self._outcomes)) / span
+        current = estimate if self.rate is None else min(self.rate, estimate)
+        self.rate = max(self._MIN_RATE, current * self._DECREASE)
+        self._step = (current - self.rate) / self._RECOVERY_REQUESTS
+        self._hold_until = now + max(1.0, 2.0 / self.rate)
+        self._next_send = max(self._next_send, now + 1.0 / self.rate)
+        self._outcomes.clear()
+
+
+class Throttle:
+    """The client-wide pause (after a 429's Retry-After) and the rate limiter."""
+
+    def __init__(self, limit: RateLimit | None) -> None:
+        self.limiter: SlidingWindow | AdaptiveRate = (
+            AdaptiveRate() if limit is None else SlidingWindow(limit)
+        )
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every new request for ``seconds`` (the account is throttled)."""
+        if backoff_is_instant():
+            return
+        self._paused_until = max(self._paused_until, anyio.current_time() + seconds)
+
+    async def wait_pause(self) -> bool:
+        """Wait out a pause, if any; True when that meant waiting."""
+        delay = self._paused_until - anyio.current_time()
+        if delay <= 0:
+            return False
+        await anyio.sleep(delay)
+        return True
