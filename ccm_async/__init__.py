@@ -20,10 +20,12 @@ from ccm_async._errors import (
     ResponseFormatError,
     ServerError,
     TransportError,
+    WaitTimeoutError,
 )
 from ccm_async._models import (
     AgentDetails,
     CallDetails,
+    CallResult,
     CallState,
     CallStatus,
     ClientStats,
@@ -42,6 +44,7 @@ __all__ = [
     "AuthenticationError",
     "CallDetails",
     "CallNotFoundError",
+    "CallResult",
     "CallState",
     "CallStatus",
     "CcmError",
@@ -59,5 +62,6 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "TransportError",
+    "WaitTimeoutError",
     "__version__",
 ]

@@ -1,6 +1,7 @@
-"""AsyncCcmClient: the client's lifecycle and the way of one lookup.
+"""AsyncCcmClient: the client's lifecycle, one lookup's way, and bulk lookups.
 
-```get_call(sid)`` -> validate the SID -> retry loop [ client-wide pause ->
+``get_call(sid)`` -> validate the SID -> terminal-call cache -> single-flight
+-> retry loop [ client-wide pause ->
 concurrency slot -> rate-limit permit -> httpx GET (no redirects, body capped)
 -> release slot -> decode status and envelope ] -> ``CallDetails`` or a typed
 :class:`~ccm_async.CcmError`. No slot is held while waiting between attempts.
@@ -11,11 +12,20 @@ from __future__ import annotations
 import collections
 import logging
 import zlib
-from collections.abc import Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from contextlib import asynccontextmanager
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
 
 import anyio
+import anyio.abc
 import httpx
 
 from ccm_async._config import (
@@ -30,14 +40,19 @@ from ccm_async._config import (
 from ccm_async._convert import decode_response
 from ccm_async._errors import (
     ApiError,
+    AuthenticationError,
+    CallNotFoundError,
+    CcmError,
     ConfigurationError,
     RateLimitError,
     RequestTimeoutError,
     ResponseFormatError,
     TransportError,
+    WaitTimeoutError,
     parse_retry_after,
 )
-from ccm_async._models import CallDetails, ClientStats
+from ccm_async._flights import SingleFlight, TerminalCache
+from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
 from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
 from ccm_async._version import __version__
@@ -56,8 +71,10 @@ _USER_AGENT: Final = f"ccm-async/{__version__}"
 class AsyncCcmClient:
     """An async client for Exotel's CCM Get Call Details API.
 
-    Use it as ``async with AsyncCcmClient(...) as ccm:`` (or call :meth:`aclose`).
-    It owns one pooled ``httpx.AsyncClient``, or uses ``http_client`` if given,
+    Use it as ``async with AsyncCcmClient(...) as ccm:``. Inside that block,
+    concurrent lookups of one SID share one request (single-flight); a client
+    used without it (closed with :meth:`aclose`) works the same otherwise. It
+    owns one pooled ``httpx.AsyncClient``, or uses ``http_client`` if given,
     which it then leaves open for its owner to close.
 
     Args:
@@ -71,6 +88,7 @@ class AsyncCcmClient:
             (the lookup's overall deadline is ``RetryPolicy.timeout``).
         retry: a :class:`RetryPolicy`, or None for a single attempt.
         rate_limit: a :class:`RateLimit` the client keeps to, or None to adapt to 429s.
+        cache_size: how many terminal calls to keep (they no longer change); 0 is off.
         http_client: an ``httpx.AsyncClient`` of your own (proxies, event hooks, TLS).
     """
 
@@ -86,15 +104,12 @@ class AsyncCcmClient:
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = DEFAULT_RETRY,
         rate_limit: RateLimit | None = None,
+        cache_size: int = 0,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
-        if not isinstance(max_concurrency, int) or not (
-            1 <= max_concurrency <= _MAX_CONCURRENCY_LIMIT
-        ):
-            raise ConfigurationError(
-                f"max_concurrency must be an integer from 1 to {_MAX_CONCURRENCY_LIMIT}"
-            )
+        _check_count("max_concurrency", max_concurrency, _MAX_CONCURRENCY_LIMIT)
+        _check_count("cache_size", cache_size, 10_000_000, low=0)
         self._base_url = resolve_base_url(region, base_url)
         self._account_sid = credentials.account_sid
         self._calls_url = f"{self._base_url}/v2/accounts/{credentials.account_sid}/calls/"
@@ -105,8 +120,14 @@ class AsyncCcmClient:
             "accept-encoding": "gzip",
             "user-agent": _USER_AGENT,
         }
-        self._max_concurrency = max_concurrency
-        self._slots = Slots(max_concurrency)
+        # A pool of the user's that is smaller than the bound lowers the bound, so
+        # a queued lookup waits for a slot, never for a connection (PoolTimeout).
+        pool = _pool_size(http_client) if http_client is not None else None
+        self._max_concurrency = min(max_concurrency, pool or max_concurrency)
+        self._slots = Slots(self._max_concurrency)
+        self._cache = TerminalCache(cache_size)
+        self._flights: SingleFlight[CallDetails] = SingleFlight()
+        self._group: anyio.abc.TaskGroup | None = None
         self._policy = retry or _SINGLE_ATTEMPT
         self._budget = RetryBudget(self._policy.budget_tokens, self._policy.budget_refill)
         self._throttle = Throttle(rate_limit)
@@ -153,7 +174,17 @@ class AsyncCcmClient:
     def __repr__(self) -> str:
         return f"<AsyncCcmClient account_sid={self._account_sid!r} base_url={self._base_url!r}>"
 
+    @property
+    def max_concurrency(self) -> int:
+        """The bound on requests in flight (lowered to the pool of a smaller ``http_client``)."""
+        return self._max_concurrency
+
     async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._group = group
         return self
 
     async def __aexit__(
@@ -165,13 +196,20 @@ class AsyncCcmClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (unless the ``http_client`` was yours)."""
+        """Cancel lookups still running; close the pool unless the ``http_client`` was yours."""
         self._closed = True
+        group, self._group = self._group, None
+        if group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
         if self._owns_http:
             await self._http.aclose()
 
     async def get_call(self, call_sid: str) -> CallDetails:
         """The details of one call, retried as the client's :class:`RetryPolicy` says.
+
+        A terminal call in the cache is returned without a request; concurrent
+        lookups of one SID share one request.
 
         Raises:
             InvalidCallSidError: before any request, if ``call_sid`` cannot be one.
@@ -182,8 +220,150 @@ class AsyncCcmClient:
         call_sid = validate_call_sid(call_sid)
         if self._closed:
             raise RuntimeError("the client is closed")
+        cached = self._cache.get(call_sid)
+        if cached is not None:
+            return cached
+        return await self._flights.call(call_sid, lambda: self._lookup(call_sid), self._group)
+
+    async def get_calls(
+        self, call_sids: Iterable[str], *, concurrency: int | None = None
+    ) -> list[CallResult]:
+        """Fetch many calls; one :class:`CallResult` per input position, in input order.
+
+        Each distinct SID is fetched once. One SID's failure (not found, retries
+        exhausted, an invalid SID) is that SID's ``error``; it never fails the batch.
+        An :class:`AuthenticationError` is not one SID's problem: it stops the batch
+        at once (no further requests, in-flight ones cancelled) and is raised.
+        ``concurrency`` is the number of lookups in progress (default: the client's
+        ``max_concurrency``).
+        """
+        sids = list(call_sids)
+        by_sid: dict[str, CallResult] = {}
+        async with self.stream_calls(dict.fromkeys(sids), concurrency=concurrency) as results:
+            async for result in results:
+                by_sid[result.call_sid] = result
+        return [by_sid[sid] for sid in sids]
+
+    @asynccontextmanager
+    async def stream_calls(
+        self,
+        call_sids: Iterable[str] | AsyncIterable[str],
+        *,
+        concurrency: int | None = None,
+    ) -> AsyncGenerator[AsyncIterator[CallResult]]:
+        """Fetch calls and yield their :class:`CallResult` as they complete.
+
+        ``call_sids`` may be any iterable or async iterable (an event stream, a
+        generator over a file): a fixed set of ``concurrency`` workers pulls from it
+        lazily, so memory does not grow with the number of SIDs. One result per
+        input item, duplicates included. Leaving the block early (break, exception,
+        cancellation) stops reading the input (closing an async generator),
+        cancels lookups in flight, and returns only when nothing it started is
+        still running. An :class:`AuthenticationError` stops the stream and is
+        raised, as in :meth:`get_calls`.
+
+        Use it as::
+
+            async with ccm.stream_calls(sids) as results:
+                async for result in results:
+                    ...
+        """
+        workers = self._max_concurrency if concurrency is None else concurrency
+        _check_count("concurrency", workers, _MAX_CONCURRENCY_LIMIT)
+        source = _aiter(call_sids)
+        send, receive = anyio.create_memory_object_stream[CallResult](workers)
+        pulling = anyio.Lock()
+        stopped_by: list[AuthenticationError] = []
+
+        async def work(out: anyio.abc.ObjectSendStream[CallResult]) -> None:
+            async with out:
+                while True:
+                    async with pulling:
+                        call_sid = await anext(source, None)
+                    if call_sid is None:
+                        return
+                    try:
+                        result = await self._result(call_sid)
+                    except AuthenticationError as exc:
+                        stopped_by.append(exc)
+                        group.cancel_scope.cancel()
+                        return
+                    await out.send(result)
+
+        body_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as group, receive:
+                for _ in range(workers):
+                    group.start_soon(work, send.clone())
+                send.close()
+                try:
+                    yield receive
+                except BaseException as exc:
+                    body_error = exc
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_source(source)
+        # Raised here rather than inside the task group, which would wrap them. An
+        # AuthenticationError comes first: the body was cancelled because of it.
+        if stopped_by:
+            raise stopped_by[0]
+        if body_error is not None:
+            raise body_error
+
+    async def wait_for_terminal(
+        self,
+        call_sid: str,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 - the issue's API; it raises WaitTimeoutError
+        interval: float = 1.0,
+        max_interval: float = 15.0,
+    ) -> CallDetails:
+        """Poll a call until it is terminal (the usual step after Make Call).
+
+        Polls every ``interval`` seconds, growing by half each time up to
+        ``max_interval``. A call not found yet counts as not ended (a call just
+        made may take a moment to appear). Other errors are raised.
+
+        Raises:
+            WaitTimeoutError: (also a ``TimeoutError``) after ``timeout`` seconds,
+                naming the SID and the last state seen.
+        """
+        call_sid = validate_call_sid(call_sid)
+        last_state: str | None = None
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    call = await self.get_call(call_sid)
+                except CallNotFoundError:
+                    pass
+                else:
+                    if call.is_terminal:
+                        return call
+                    last_state = None if call.call_state is None else str(call.call_state)
+                await anyio.sleep(interval)
+                interval = min(max_interval, interval * 1.5)
+        raise WaitTimeoutError(
+            f"call {call_sid} was not terminal after {timeout:g}s "
+            f"(last state: {last_state or 'not found'})",
+            call_sid=call_sid,
+            last_state=last_state,
+        )
+
+    async def _result(self, call_sid: str) -> CallResult:
+        try:
+            call = await self.get_call(call_sid)
+        except AuthenticationError:
+            raise
+        except CcmError as exc:
+            return CallResult(call_sid=call_sid, error=exc)
+        return CallResult(call_sid=call_sid, call=call)
+
+    async def _lookup(self, call_sid: str) -> CallDetails:
         lookup = Lookup(call_sid, self._policy, self._budget, self._counters.deny_retry)
-        return await lookup.run(self._attempt)
+        call = await lookup.run(self._attempt)
+        self._cache.put(call_sid, call)
+        return call
 
     async def _attempt(self, lookup: Lookup) -> CallDetails:
         if lookup.attempts:
@@ -274,6 +454,35 @@ class _Counters:
 
     def deny_retry(self) -> None:
         self.budget_denials += 1
+
+
+def _check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
+
+
+def _pool_size(http_client: httpx.AsyncClient) -> int | None:
+    """The connection limit of an httpx client's default transport, if it can be read."""
+    pool = getattr(getattr(http_client, "_transport", None), "_pool", None)
+    size = getattr(pool, "_max_connections", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _aiter(items: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if isinstance(items, AsyncIterable):
+        return aiter(items)
+    return _from_sync(iter(items))
+
+
+async def _from_sync(items: Iterator[str]) -> AsyncGenerator[str]:
+    for item in items:
+        yield item
+
+
+async def _close_source(source: AsyncIterator[str]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _describe(exc: httpx.RequestError) -> str:

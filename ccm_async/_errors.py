@@ -7,6 +7,7 @@ Every error the library raises is a :class:`CcmError`::
     ├── InvalidCallSidError     (also ValueError) rejected before any request
     ├── TransportError          the request did not get a response
     │   └── RequestTimeoutError (also TimeoutError)
+    ├── WaitTimeoutError        (also TimeoutError) wait_for_terminal gave up
     ├── ApiError                the API (or something in front of it) said no
     │   ├── CallNotFoundError   404: 3043, 3044, 3045
     │   ├── AuthenticationError 401, 403: wrong credentials or wrong region
@@ -36,6 +37,7 @@ __all__ = [
     "ResponseFormatError",
     "ServerError",
     "TransportError",
+    "WaitTimeoutError",
     "api_error",
     "parse_retry_after",
 ]
@@ -74,6 +76,15 @@ class RequestTimeoutError(TransportError, TimeoutError):
     deadline (``RetryPolicy.timeout``) passed; then ``deadline_exceeded`` is True."""
 
     deadline_exceeded: bool = False
+
+
+class WaitTimeoutError(CcmError, TimeoutError):
+    """``wait_for_terminal`` timed out before the call ended; ``last_state`` is the
+    last ``call_state`` seen (None if the call was never found)."""
+
+    def __init__(self, message: str, *, call_sid: str, last_state: str | None) -> None:
+        super().__init__(message, call_sid=call_sid)
+        self.last_state = last_state
 
 
 class ResponseFormatError(CcmError):

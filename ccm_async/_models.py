@@ -11,12 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping
+from typing import cast
 
 import attrs
+
+from ccm_async._errors import CcmError
 
 __all__ = [
     "AgentDetails",
     "CallDetails",
+    "CallResult",
     "CallState",
     "CallStatus",
     "ClientStats",
@@ -141,3 +145,34 @@ class ClientStats:
     budget_denials: int
     rate_limit_waits: int
     adaptive_rate: float | None
+
+
+@attrs.frozen(kw_only=True)
+class CallResult:
+    """One SID's outcome in a bulk fetch: the call, or the error that SID met.
+
+    Attributes:
+        call_sid: the SID as it was given.
+        call: the details, when the lookup succeeded.
+        error: the :class:`CcmError`, when it failed (not found, retries exhausted,
+            an invalid SID).
+    """
+
+    call_sid: str
+    call: CallDetails | None = None
+    error: CcmError | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.call is None) == (self.error is None):
+            raise ValueError("a CallResult holds either a call or an error")
+
+    @property
+    def ok(self) -> bool:
+        """True when the lookup succeeded."""
+        return self.error is None
+
+    def unwrap(self) -> CallDetails:
+        """The call, or raise the error this SID met."""
+        if self.error is not None:
+            raise self.error
+        return cast("CallDetails", self.call)

@@ -14,6 +14,7 @@ PUBLIC = {
     "AuthenticationError",
     "CallDetails",
     "CallNotFoundError",
+    "CallResult",
     "CallState",
     "CallStatus",
     "CcmError",
@@ -31,6 +32,7 @@ PUBLIC = {
     "RetryPolicy",
     "ServerError",
     "TransportError",
+    "WaitTimeoutError",
     "__version__",
 }
 

@@ -54,6 +54,7 @@ class _Kind(enum.Enum):
     TRUNCATED = "truncated"
     OVERSIZED = "oversized"
     DISCONNECT = "disconnect"
+    STALL = "stall"
     HANG = "hang"
 
 
@@ -116,6 +117,11 @@ class Fault:
     def disconnect(cls) -> Fault:
         """Headers and half the body, then the connection is closed (on a socket only)."""
         return cls(kind=_Kind.DISCONNECT)
+
+    @classmethod
+    def stall(cls) -> Fault:
+        """Headers and half the body, then nothing more until the client goes away."""
+        return cls(kind=_Kind.STALL)
 
     @classmethod
     def hang(cls) -> Fault:
@@ -414,7 +420,9 @@ class FakeCcm:
             raise RuntimeError(
                 "FakeCcm.serve() needs uvicorn: pip install 'ccm-async[testing]'"
             ) from exc
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say
+        # so, and without it every keep-alive response waits ~40 ms (delayed ACK).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         config = uvicorn.Config(
@@ -553,21 +561,28 @@ async def _send_fault(fault: Fault, receive: Receive, send: Send) -> int:
                 receive, _send_oversized(send, fault.size, declare_length=bool(fault.code))
             )
         case _Kind.DISCONNECT:
-            body = json.dumps(_success(_generated_call("disconnect", 7))).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-length", str(len(body)).encode())],
-                }
-            )
             # Returning mid-body makes the server close the connection.
-            await send({"type": "http.response.body", "body": body[:100], "more_body": True})
+            return await _send_half_body(send)
+        case _Kind.STALL:
+            await _send_half_body(send)
+            await _wait_for_disconnect(receive)
             return 200
         case _Kind.HANG:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await _wait_for_disconnect(receive)
             return 0
+
+
+async def _send_half_body(send: Send) -> int:
+    body = json.dumps(_success(_generated_call("partial", 7))).encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    return 200
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _until_disconnect(receive: Receive, sending: Awaitable[int]) -> int:
@@ -580,8 +595,7 @@ async def _until_disconnect(receive: Receive, sending: Awaitable[int]) -> int:
         group.cancel_scope.cancel()
 
     async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await _wait_for_disconnect(receive)
         group.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
