@@ -32,6 +32,7 @@ def tests(session: nox.Session) -> None:
     sync(session, "test")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 
 

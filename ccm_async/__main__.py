@@ -1,0 +1,5 @@
+"""``python -m ccm_async``: the ``ccm-async`` command (needs the ``cli`` extra)."""
+
+from ccm_async._cli import main
+
+main()
