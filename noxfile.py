@@ -61,7 +61,7 @@ def lowest(session: nox.Session) -> None:
         "install",
         "--resolution=lowest-direct",
         "-e",
-        ".[testing]",
+        ".[testing,cli]",
         "pytest>=8.3",
         "hypothesis>=6.100",
         "trio>=0.27",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import urllib.request
 import zlib
 from collections.abc import (
     AsyncGenerator,
@@ -55,6 +56,7 @@ from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
 from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
+from ccm_async._transport import new_transport
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
@@ -133,7 +135,21 @@ class AsyncCcmClient:
         self._throttle = Throttle(rate_limit)
         self._counters = _Counters()
         self._owns_http = http_client is None
-        self._http = http_client or _new_http_client(max_concurrency, timeout)
+        # With a pool of our own, requests go straight into its transport: no
+        # auth flow, cookies, redirects or hooks to run (a user's http_client
+        # keeps them all, through AsyncClient.send).
+        # Proxies from the environment need httpx's mounts: AsyncClient.send, then.
+        self._transport: httpx.AsyncBaseTransport | None = None
+        if http_client is None and not urllib.request.getproxies():
+            self._transport = new_transport(max_concurrency)
+            http_client = httpx.AsyncClient(transport=self._transport, timeout=timeout)
+        elif http_client is None:
+            limits = httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            )
+            http_client = httpx.AsyncClient(limits=limits, timeout=timeout)
+        self._http = http_client
+        self._extensions = {"timeout": http_client.timeout.as_dict()}
         self._closed = False
 
     @classmethod
@@ -421,10 +437,17 @@ class AsyncCcmClient:
 
     async def _send(self, call_sid: str) -> tuple[int, bytes, float | None]:
         """The HTTP exchange: status, body (capped) and Retry-After; no redirects."""
-        request = self._http.build_request("GET", self._calls_url + call_sid, headers=self._headers)
+        url = self._calls_url + call_sid
         self._counters.requests += 1
         try:
-            response = await self._http.send(request, stream=True, follow_redirects=False)
+            if self._transport is not None:
+                request = httpx.Request(
+                    "GET", url, headers=self._headers, extensions=self._extensions
+                )
+                response = await self._transport.handle_async_request(request)
+            else:
+                request = self._http.build_request("GET", url, headers=self._headers)
+                response = await self._http.send(request, stream=True, follow_redirects=False)
             try:
                 body = await _read_capped(response, call_sid)
             finally:
@@ -489,15 +512,6 @@ def _describe(exc: httpx.RequestError) -> str:
     # httpx's messages name the failure, never the request's headers.
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def _new_http_client(max_concurrency: int, timeout: float | httpx.Timeout) -> httpx.AsyncClient:
-    # The pool matches the concurrency bound, so a queued lookup waits for a
-    # slot, never for a connection (httpx's PoolTimeout).
-    limits = httpx.Limits(
-        max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-    )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
 async def _read_capped(response: httpx.Response, call_sid: str) -> bytes:

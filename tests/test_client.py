@@ -212,3 +212,14 @@ async def test_bad_content_encoding_is_a_format_error(
 ) -> None:
     with pytest.raises(ResponseFormatError, match=message):
         await get_from(encoded_app(encoding, body))
+
+
+async def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
+        assert client._transport is None  # requests go through httpx's proxy mounts
+        proxied = client._http._transport_for_url(httpx.URL(client.base_url))
+        assert proxied is not client._http._transport
+    monkeypatch.delenv("HTTPS_PROXY")
+    async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
+        assert client._transport is not None
