@@ -23,7 +23,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import anyio
 import anyio.abc
@@ -92,6 +92,9 @@ class AsyncCcmClient:
         rate_limit: a :class:`RateLimit` the client keeps to, or None to adapt to 429s.
         cache_size: how many terminal calls to keep (they no longer change); 0 is off.
         http_client: an ``httpx.AsyncClient`` of your own (proxies, event hooks, TLS).
+        transport: the HTTP stack of a client without ``http_client``: httpx's own,
+            or ``"aiohttp"`` (the ``ccm-async[aiohttp]`` extra, asyncio only), which
+            measured several times faster per lookup.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class AsyncCcmClient:
         rate_limit: RateLimit | None = None,
         cache_size: int = 0,
         http_client: httpx.AsyncClient | None = None,
+        transport: Literal["httpx", "aiohttp"] = "httpx",
     ) -> None:
         credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
         _check_count("max_concurrency", max_concurrency, _MAX_CONCURRENCY_LIMIT)
@@ -140,8 +144,10 @@ class AsyncCcmClient:
         # keeps them all, through AsyncClient.send).
         # Proxies from the environment need httpx's mounts: AsyncClient.send, then.
         self._transport: httpx.AsyncBaseTransport | None = None
-        if http_client is None and not urllib.request.getproxies():
-            self._transport = new_transport(max_concurrency)
+        if transport not in ("httpx", "aiohttp"):
+            raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
+        if http_client is None and (transport == "aiohttp" or not urllib.request.getproxies()):
+            self._transport = new_transport(max_concurrency, stack=transport)
             http_client = httpx.AsyncClient(transport=self._transport, timeout=timeout)
         elif http_client is None:
             limits = httpx.Limits(

@@ -178,15 +178,24 @@ class Lookup:
 
     async def run(self, attempt: Callable[[Lookup], Awaitable[_T]]) -> _T:
         """Run ``attempt`` under the policy; raises the last attempt's own error."""
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(is_retryable),
-            stop=self._stop,
-            wait=self._wait,
-            sleep=anyio.sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
         try:
+            try:
+                # The first attempt runs before tenacity is set up: most lookups
+                # need no other, and that setup measured ~20 us a lookup.
+                return await attempt(self)
+            except Exception as exc:
+                if not is_retryable(exc) or self._gives_up(exc):
+                    raise
+                self._log_retry(exc)
+            await anyio.sleep(self._sleep_time())
+            retrying = tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception(is_retryable),
+                stop=lambda _: self._stop_now(),
+                wait=lambda state: self._plan(_exception(state)),
+                sleep=anyio.sleep,
+                before_sleep=lambda state: self._log_retry(_exception(state)),
+                reraise=True,
+            )
             return await retrying(attempt, self)
         except CcmError as exc:
             exc.attempts = self.attempts
@@ -194,9 +203,16 @@ class Lookup:
 
     # tenacity asks for the wait before it asks whether to stop: plan the wait
     # there (None when the lookup must give up) and let the stop read the plan.
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        self.next_wait = self._plan_wait(state.outcome.exception() if state.outcome else None)
+    def _plan(self, exc: BaseException | None) -> float:
+        self.next_wait = self._plan_wait(exc)
+        return self._sleep_time()
+
+    def _sleep_time(self) -> float:
         return 0.0 if _instant or self.next_wait is None else self.next_wait
+
+    def _gives_up(self, exc: BaseException) -> bool:
+        self._plan(exc)
+        return self._stop_now()
 
     def _plan_wait(self, exc: BaseException | None) -> float | None:
         left = self.deadline - anyio.current_time()
@@ -206,7 +222,7 @@ class Lookup:
         wait = self.policy.backoff(self.attempts)
         return wait if wait < left else None
 
-    def _stop(self, _: tenacity.RetryCallState) -> bool:
+    def _stop_now(self) -> bool:
         if self.attempts >= self.policy.attempts or self.next_wait is None:
             return True
         if not self.budget.allows_retry():
@@ -214,8 +230,7 @@ class Lookup:
             return True
         return False
 
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
+    def _log_retry(self, exc: BaseException | None) -> None:
         logger.warning(
             "retrying call %s after attempt %d of %d failed (%s); waiting %.3fs",
             self.call_sid,
@@ -225,6 +240,10 @@ class Lookup:
             self.next_wait,
             extra={"call_sid": self.call_sid, "attempt": self.attempts, "wait": self.next_wait},
         )
+
+
+def _exception(state: tenacity.RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
 
 
 def _retry_after(exc: BaseException | None) -> float | None:

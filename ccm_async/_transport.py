@@ -1,4 +1,4 @@
-"""The HTTP transport of a client that owns its connection pool.
+"""The HTTP transport of a client that owns its connection pool (httpx's, or aiohttp's).
 
 httpcore's pool asks every connection, on every request it places, whether the
 connection has expired; each answer looks the socket up through anyio's typed
@@ -13,19 +13,29 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import httpcore
 import httpx
 
+from ccm_async._errors import ConfigurationError
+
 __all__ = ["new_transport"]
 
 
-def new_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose pool holds ``max_connections`` connections."""
+def new_transport(
+    max_connections: int, *, stack: Literal["httpx", "aiohttp"] = "httpx"
+) -> httpx.AsyncBaseTransport:
+    """A transport whose pool holds ``max_connections`` connections.
+
+    ``stack="aiohttp"`` is httpx-aiohttp's transport (the ``aiohttp`` extra):
+    aiohttp's connection handling under the same httpx interface.
+    """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
+    if stack == "aiohttp":
+        return _aiohttp_transport(limits)
     transport = httpx.AsyncHTTPTransport(limits=limits)
     # The pool httpx would build, with the streams below.
     transport._pool = httpcore.AsyncConnectionPool(  # pyright: ignore[reportPrivateUsage]
@@ -36,6 +46,16 @@ def new_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
         network_backend=_Backend(),
     )
     return transport
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    try:
+        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 - an optional extra
+    except ImportError as exc:
+        raise ConfigurationError(
+            "transport='aiohttp' needs the extra: pip install 'ccm-async[aiohttp]'"
+        ) from exc
+    return AiohttpTransport(limits=limits)
 
 
 class _Backend(httpcore.AsyncNetworkBackend):
