@@ -68,3 +68,10 @@ def lowest(session: nox.Session) -> None:
         f"--python={session.virtualenv.location}",
     )
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHONS[0])
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (tens of minutes): ratios against tuned httpx and aiohttp."""
+    sync(session, "bench")
+    session.run("python", "benchmarks/run.py", *session.posargs)

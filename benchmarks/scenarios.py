@@ -1,0 +1,165 @@
+"""Benchmark scenarios that run inside one process: memory, request economy, import time.
+
+    python benchmarks/scenarios.py memory --count 1000000 --base URL
+    python benchmarks/scenarios.py economy [--quick]
+    python benchmarks/scenarios.py import-time
+
+Each prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from ccm_async import AsyncCcmClient, CcmError, RateLimit
+from ccm_async.testing import FakeCcm, Fault, instant_backoff
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+async def memory(base: str, count: int) -> dict[str, object]:
+    """Stream ``count`` SIDs from a generator through stream_calls; RSS along the way."""
+    checkpoints: dict[int, float] = {}
+    marks = {count // 10, count}
+    done = ok = 0
+    async with AsyncCcmClient(
+        api_key="k", api_token="t", account_sid="bench-account", base_url=base
+    ) as client:
+        sids = (f"{i:032x}" for i in range(count))
+        async with client.stream_calls(sids) as results:
+            async for result in results:
+                done += 1
+                ok += result.ok
+                if done in marks:
+                    checkpoints[done] = rss_mb()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    first, last = checkpoints[count // 10], checkpoints[count]
+    return {
+        "scenario": "memory",
+        "count": count,
+        "ok": ok,
+        "rss_mb_at_10pct": round(first, 1),
+        "rss_mb_at_end": round(last, 1),
+        "rss_growth_mb": round(last - first, 1),
+        "peak_rss_mb": round(peak, 1),
+    }
+
+
+async def fetch_all(client: AsyncCcmClient, sids: list[str]) -> int:
+    """get_call for every SID in a task group; returns the failures."""
+    failures = 0
+
+    async def one(sid: str) -> None:
+        nonlocal failures
+        try:
+            await client.get_call(sid)
+        except CcmError:
+            failures += 1
+
+    async with asyncio.TaskGroup() as group:
+        for sid in sids:
+            group.create_task(one(sid))
+    return failures
+
+
+async def economy(quick: bool) -> dict[str, object]:
+    """Requests sent under a total outage, with 5% failures, and against a rate limit."""
+    outage_sids, flaky_sids, limited_sids = (100, 500, 60) if quick else (1000, 10_000, 600)
+    report: dict[str, object] = {"scenario": "economy"}
+
+    outage = FakeCcm(generate=True)
+    outage.fail_randomly(Fault.server_error(), rate=1.0)
+    async with (
+        outage.serve() as base_url,
+        AsyncCcmClient(**outage.credentials, base_url=base_url) as client,
+    ):
+        with instant_backoff():
+            failed = await fetch_all(client, [f"o{i}" for i in range(outage_sids)])
+    report["outage"] = {"sids": outage_sids, "failed": failed, "requests": outage.request_count}
+
+    flaky = FakeCcm(generate=True, seed=9)
+    flaky.fail_randomly(Fault.server_error(), rate=0.05, max_per_sid=3)
+    async with (
+        flaky.serve() as base_url,
+        AsyncCcmClient(**flaky.credentials, base_url=base_url) as client,
+    ):
+        with instant_backoff():
+            failed = await fetch_all(client, [f"f{i}" for i in range(flaky_sids)])
+        denied = client.stats.budget_denials
+    report["five_percent"] = {
+        "sids": flaky_sids,
+        "failed": failed,
+        "requests_per_sid": round(flaky.request_count / flaky_sids, 4),
+        "budget_denials": denied,
+    }
+
+    limited = FakeCcm(generate=True, rate_limit=RateLimit(requests=20, per=1.0))
+    async with (
+        limited.serve() as base_url,
+        AsyncCcmClient(**limited.credentials, base_url=base_url) as client,
+    ):
+        started = time.monotonic()
+        failed = await fetch_all(client, [f"r{i}" for i in range(limited_sids)])
+        elapsed = time.monotonic() - started
+    statuses = [request.status for request in limited.requests]
+    report["rate_limited"] = {
+        "sids": limited_sids,
+        "failed": failed,
+        "requests": limited.request_count,
+        "share_429": round(statuses.count(429) / len(statuses), 4),
+        "lookups_per_s": round(limited_sids / elapsed, 1),
+    }
+    return report
+
+
+def import_time(runs: int) -> dict[str, object]:
+    """Median wall time of a fresh interpreter importing each module, less a bare one."""
+
+    def median_seconds(code: str) -> float:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    bare = median_seconds("pass")
+    httpx_ms = (median_seconds("import httpx") - bare) * 1000
+    ccm_ms = (median_seconds("import ccm_async") - bare) * 1000
+    return {
+        "scenario": "import_time",
+        "httpx_ms": round(httpx_ms, 1),
+        "ccm_async_ms": round(ccm_ms, 1),
+        "ratio": round(ccm_ms / httpx_ms, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=["memory", "economy", "import-time"])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--base", default="")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.scenario == "memory":
+        result = asyncio.run(memory(args.base, args.count))
+    elif args.scenario == "economy":
+        result = asyncio.run(economy(args.quick))
+    else:
+        result = import_time(3 if args.quick else 9)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

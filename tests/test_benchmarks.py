@@ -1,0 +1,34 @@
+"""The benchmark scripts run in --quick mode (asserting nothing about speed): they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp")
+pytest.importorskip("httpx_aiohttp")
+
+RUN = Path(__file__).parent.parent / "benchmarks" / "run.py"
+
+
+def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True
+    for client in ("httpx", "aiohttp", "ccm_async", "ccm_async+aiohttp"):
+        assert results["throughput"]["table"][client]["10"]["errors"] == 0
+    assert results["memory"]["ok"] == results["memory"]["count"]
+    assert results["economy"]["five_percent"]["failed"] == 0
+    assert results["economy"]["outage"]["failed"] == results["economy"]["outage"]["sids"]
+    assert "ccm_async / tuned httpx" in done.stdout
