@@ -178,18 +178,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     quick = args.quick
+    args.out.mkdir(parents=True, exist_ok=True)
+    steps = {
+        "throughput": lambda: throughput(quick),
+        "latency_bound": lambda: latency_bound(quick),
+        "memory": lambda: memory(quick),
+        "economy": lambda: scenario("economy", *(["--quick"] if quick else [])),
+        "import_time": lambda: scenario("import-time", *(["--quick"] if quick else [])),
+    }
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.system()}",
         "quick": quick,
-        "throughput": throughput(quick),
-        "latency_bound": latency_bound(quick),
-        "memory": memory(quick),
-        "economy": scenario("economy", *(["--quick"] if quick else [])),
-        "import_time": scenario("import-time", *(["--quick"] if quick else [])),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    for name, step in steps.items():
+        results[name] = step()
+        # Saved after every scenario: a long run that fails late keeps the rest.
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = report(results)
     (args.out / "report.md").write_text(text + "\n")
     print(text)

@@ -56,7 +56,7 @@ from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
 from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
-from ccm_async._transport import new_transport
+from ccm_async._transport import new_transport, pool_limits
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
@@ -139,21 +139,10 @@ class AsyncCcmClient:
         self._throttle = Throttle(rate_limit)
         self._counters = _Counters()
         self._owns_http = http_client is None
-        # With a pool of our own, requests go straight into its transport: no
-        # auth flow, cookies, redirects or hooks to run (a user's http_client
-        # keeps them all, through AsyncClient.send).
-        # Proxies from the environment need httpx's mounts: AsyncClient.send, then.
-        self._transport: httpx.AsyncBaseTransport | None = None
-        if transport not in ("httpx", "aiohttp"):
-            raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
-        if http_client is None and (transport == "aiohttp" or not urllib.request.getproxies()):
-            self._transport = new_transport(max_concurrency, stack=transport)
-            http_client = httpx.AsyncClient(transport=self._transport, timeout=timeout)
-        elif http_client is None:
-            limits = httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            )
-            http_client = httpx.AsyncClient(limits=limits, timeout=timeout)
+        if http_client is None:
+            http_client, self._transport = _own_http(transport, max_concurrency, timeout)
+        else:
+            self._transport = None
         self._http = http_client
         self._extensions = {"timeout": http_client.timeout.as_dict()}
         self._closed = False
@@ -488,6 +477,23 @@ class _Counters:
 def _check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
+
+
+def _own_http(
+    transport: Literal["httpx", "aiohttp"], max_concurrency: int, timeout: float | httpx.Timeout
+) -> tuple[httpx.AsyncClient, httpx.AsyncBaseTransport | None]:
+    """The client's own pool, and the transport requests go straight into, if any.
+
+    Straight into the transport means no auth flow, cookies, redirects or hooks to
+    run. Proxies from the environment need httpx's mounts, so then requests go
+    through ``AsyncClient.send`` (as they do through a user's own http_client).
+    """
+    if transport not in ("httpx", "aiohttp"):
+        raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
+    if transport == "httpx" and urllib.request.getproxies():
+        return httpx.AsyncClient(limits=pool_limits(max_concurrency), timeout=timeout), None
+    direct = new_transport(max_concurrency, stack=transport)
+    return httpx.AsyncClient(transport=direct, timeout=timeout), direct
 
 
 def _pool_size(http_client: httpx.AsyncClient) -> int | None:

@@ -20,7 +20,12 @@ import httpx
 
 from ccm_async._errors import ConfigurationError
 
-__all__ = ["new_transport"]
+__all__ = ["new_transport", "pool_limits"]
+
+
+def pool_limits(max_connections: int) -> httpx.Limits:
+    """A pool of ``max_connections``, all of them kept alive between requests."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
 def new_transport(
@@ -31,9 +36,7 @@ def new_transport(
     ``stack="aiohttp"`` is httpx-aiohttp's transport (the ``aiohttp`` extra):
     aiohttp's connection handling under the same httpx interface.
     """
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
+    limits = pool_limits(max_connections)
     if stack == "aiohttp":
         return _aiohttp_transport(limits)
     transport = httpx.AsyncHTTPTransport(limits=limits)
