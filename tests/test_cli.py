@@ -24,17 +24,22 @@ pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyn
 TOKEN = "cli-secret-token-7f3a"
 
 
+def environment_for(fake: FakeCcm, base_url: str) -> dict[str, str]:
+    """The command's environment: the fake's credentials and address."""
+    return {
+        **os.environ,
+        "EXOTEL_API_KEY": fake.api_key,
+        "EXOTEL_API_TOKEN": TOKEN,
+        "EXOTEL_ACCOUNT_SID": fake.account_sid,
+        "EXOTEL_CCM_BASE_URL": base_url,
+    }
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[FakeCcm, dict[str, str]]]:
     fake = FakeCcm(generate=True, missing_rate=0.05, api_token=TOKEN)
     async with fake.serve() as base_url:
-        env = {
-            **os.environ,
-            "EXOTEL_API_KEY": fake.api_key,
-            "EXOTEL_API_TOKEN": TOKEN,
-            "EXOTEL_ACCOUNT_SID": fake.account_sid,
-            "EXOTEL_CCM_BASE_URL": base_url,
-        }
+        env = environment_for(fake, base_url)
         yield fake, env
 
 
@@ -150,13 +155,7 @@ async def test_killed_fetch_leaves_whole_lines_and_resume_finishes(
     sids_file.write_text("\n".join(sids) + "\n")
     out = tmp_path / "calls.jsonl"
     async with fake.serve() as base_url:
-        env = {
-            **os.environ,
-            "EXOTEL_API_KEY": fake.api_key,
-            "EXOTEL_API_TOKEN": TOKEN,
-            "EXOTEL_ACCOUNT_SID": fake.account_sid,
-            "EXOTEL_CCM_BASE_URL": base_url,
-        }
+        env = environment_for(fake, base_url)
         args = ["fetch", "-i", str(sids_file), "-o", str(out), "--concurrency", "4"]
         async with await anyio.open_process(
             [sys.executable, "-m", "ccm_async", *args], env=env
@@ -197,13 +196,7 @@ async def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path: Path) -> None:
     fake = FakeCcm(generate=True, latency=0.05, api_token=TOKEN)
     out = tmp_path / "calls.jsonl"
     async with fake.serve() as base_url:
-        env = {
-            **os.environ,
-            "EXOTEL_API_KEY": fake.api_key,
-            "EXOTEL_API_TOKEN": TOKEN,
-            "EXOTEL_ACCOUNT_SID": fake.account_sid,
-            "EXOTEL_CCM_BASE_URL": base_url,
-        }
+        env = environment_for(fake, base_url)
         sids = [f"int{i}" for i in range(2000)]
         args = [sys.executable, "-m", "ccm_async", "fetch", *sids, "-o", str(out)]
         async with await anyio.open_process(args, env=env) as process:

@@ -114,17 +114,9 @@ async def redirecting_app(
 
 
 async def test_redirects_are_not_followed() -> None:
-    transport = httpx.ASGITransport(app=redirecting_app)
-    async with httpx.AsyncClient(transport=transport, follow_redirects=True) as http_client:
-        client = AsyncCcmClient(
-            api_key="k",
-            api_token="t",
-            account_sid="a",
-            base_url="http://127.0.0.1",
-            http_client=http_client,
-        )
-        with pytest.raises(ApiError) as info:
-            await client.get_call("abc")
+    # Not even when the user's own http_client would follow them.
+    with pytest.raises(ApiError) as info:
+        await get_from(redirecting_app, follow_redirects=True)
     assert info.value.http_status == 302
 
 
@@ -184,14 +176,17 @@ def encoded_app(encoding: bytes, body: bytes) -> Any:
     return app
 
 
-async def get_from(app: Any) -> CallDetails:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http_client:
+async def get_from(app: Any, **http_options: Any) -> CallDetails:
+    """Look up one call from an ASGI ``app`` standing in for the API (single attempt)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, **http_options) as http_client:
         client = AsyncCcmClient(
             api_key="k",
             api_token="t",
             account_sid="a",
             base_url="http://127.0.0.1",
             http_client=http_client,
+            retry=None,
         )
         return await client.get_call("abc")
 
