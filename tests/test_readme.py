@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,5 +41,28 @@ async def test_readme_example_runs(script: str) -> None:
     assert fake.request_count > 0
 
 
+TEST_EXAMPLES = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    if "async def test_" in block
+]
+
+
+def test_readme_test_examples_pass(tmp_path: Path) -> None:
+    for number, block in enumerate(TEST_EXAMPLES):
+        (tmp_path / f"test_example_{number}.py").write_text(block)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr  # 5 would mean nothing ran
+    assert " passed" in done.stdout
+
+
 def test_the_readme_has_runnable_examples() -> None:
     assert len(SCRIPTS) >= 4
+    assert len(TEST_EXAMPLES) >= 1
