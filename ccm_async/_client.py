@@ -93,8 +93,8 @@ class AsyncCcmClient:
         cache_size: how many terminal calls to keep (they no longer change); 0 is off.
         http_client: an ``httpx.AsyncClient`` of your own (proxies, event hooks, TLS).
         transport: the HTTP stack of a client without ``http_client``: httpx's own,
-            or ``"aiohttp"`` (the ``ccm-async[aiohttp]`` extra, asyncio only), which
-            measured several times faster per lookup.
+            or ``"aiohttp"`` (the ``ccm-async[aiohttp]`` extra, asyncio only, no proxy
+            settings from the environment), which measured 2.5x faster per lookup.
     """
 
     def __init__(
