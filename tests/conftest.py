@@ -2,15 +2,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ccm_async import AsyncCcmClient
 from ccm_async.testing import FakeCcm
 
 SAMPLE_SID = "72827ead13a355d334338f53af71157s"
+
+
+@asynccontextmanager
+async def stand_in_client(
+    app: Any, *, http_options: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[AsyncCcmClient]:
+    """A client whose http_client talks to an ASGI ``app`` standing in for the API."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, **(http_options or {})) as http_client:
+        yield AsyncCcmClient(
+            api_key="k",
+            api_token="t",
+            account_sid="a",
+            base_url="http://127.0.0.1",
+            http_client=http_client,
+            **options,
+        )
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -24,7 +24,7 @@ from ccm_async._client import _read_capped
 from ccm_async._config import MAX_BODY_BYTES
 from ccm_async.testing import FakeCcm, Fault
 
-from .conftest import SAMPLE_SID
+from .conftest import SAMPLE_SID, stand_in_client
 
 pytestmark = pytest.mark.anyio
 
@@ -178,16 +178,7 @@ def encoded_app(encoding: bytes, body: bytes) -> Any:
 
 async def get_from(app: Any, **http_options: Any) -> CallDetails:
     """Look up one call from an ASGI ``app`` standing in for the API (single attempt)."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, **http_options) as http_client:
-        client = AsyncCcmClient(
-            api_key="k",
-            api_token="t",
-            account_sid="a",
-            base_url="http://127.0.0.1",
-            http_client=http_client,
-            retry=None,
-        )
+    async with stand_in_client(app, http_options=http_options, retry=None) as client:
         return await client.get_call("abc")
 
 

@@ -32,6 +32,8 @@ from ccm_async import (
 from ccm_async._config import DEFAULT_TIMEOUT
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
+from .conftest import stand_in_client
+
 pytestmark = pytest.mark.anyio
 
 RETRIED = [
@@ -111,15 +113,7 @@ async def test_other_4xx_is_not_retried() -> None:
         await send({"type": "http.response.start", "status": 400, "headers": []})
         await send({"type": "http.response.body", "body": body})
 
-    transport = httpx.ASGITransport(app=bad_request)
-    async with httpx.AsyncClient(transport=transport) as http_client:
-        client = AsyncCcmClient(
-            api_key="k",
-            api_token="t",
-            account_sid="a",
-            base_url="http://127.0.0.1",
-            http_client=http_client,
-        )
+    async with stand_in_client(bad_request) as client:
         with instant_backoff(), pytest.raises(ApiError) as info:
             await client.get_call("abc")
     assert info.value.code == 1001
