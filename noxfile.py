@@ -65,6 +65,7 @@ def lowest(session: nox.Session) -> None:
         "pytest>=8.3",
         "hypothesis>=6.100",
         "trio>=0.27",
+        "trustme>=1.2",
         f"--python={session.virtualenv.location}",
     )
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)

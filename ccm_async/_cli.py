@@ -144,7 +144,7 @@ def _parse_rate(_: click.Context, __: click.Parameter, value: str | None) -> Rat
         return None
     count, _slash, unit = value.partition("/")
     per = _RATE_UNITS.get(unit or "min")
-    if per is None or not count.isdigit():
+    if per is None or not (count.isascii() and count.isdigit()):
         raise click.BadParameter("expected N/min, N/s or N/h, e.g. 200/min")
     try:
         return RateLimit(requests=int(count), per=per)

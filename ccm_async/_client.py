@@ -449,7 +449,11 @@ class AsyncCcmClient:
                 await response.aclose()
         except httpx.TimeoutException as exc:
             raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from exc
-        except httpx.RequestError as exc:
+        except CcmError:
+            raise
+        except Exception as exc:
+            # httpx.RequestError, or whatever a third-party transport raises: one
+            # lookup's failure, not the batch's (the cause keeps the details).
             raise TransportError(_describe(exc), call_sid=call_sid) from exc
         self._counters.responses[response.status_code] += 1
         return (
@@ -520,15 +524,18 @@ async def _close_source(source: AsyncIterator[str]) -> None:
         await aclose()
 
 
-def _describe(exc: httpx.RequestError) -> str:
+def _describe(exc: Exception) -> str:
     # httpx's messages name the failure, never the request's headers.
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 async def _read_capped(response: httpx.Response, call_sid: str) -> bytes:
+    if response.is_stream_consumed:
+        return _already_read(response, call_sid)
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    # isascii: str.isdigit() also accepts digits int() refuses, such as '²'.
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large(call_sid)
     body = bytearray()
     try:
@@ -548,6 +555,21 @@ async def _read_capped(response: httpx.Response, call_sid: str) -> bytes:
     if len(body) > MAX_BODY_BYTES:
         raise _too_large(call_sid)
     return _decompress(bytes(body), response.headers.get("content-encoding", ""), call_sid)
+
+
+def _already_read(response: httpx.Response, call_sid: str) -> bytes:
+    # A user's event hook (or httpx.MockTransport) read the body first; httpx decoded it.
+    try:
+        body = response.content
+    except httpx.ResponseNotRead:
+        raise ResponseFormatError(
+            "the response body was streamed by something else (an event hook?) before "
+            "ccm_async could read it",
+            call_sid=call_sid,
+        ) from None
+    if len(body) > MAX_BODY_BYTES:
+        raise _too_large(call_sid)
+    return body
 
 
 def _decompress(body: bytes, encoding: str, call_sid: str) -> bytes:

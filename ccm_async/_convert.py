@@ -33,7 +33,7 @@ from ccm_async._models import (
 __all__ = ["converter", "decode_response", "loads", "structure_call", "unstructure_call"]
 
 _E = TypeVar("_E", bound=enum.StrEnum)
-_INTEGER: Final = re.compile(r"[+-]?\d{1,18}")
+_INTEGER: Final = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def _reject(value: object, expected: str) -> NoReturn:
@@ -193,6 +193,16 @@ def decode_response(
     it is not (a gateway's HTML page).
     """
     try:
+        return _decode(http_status, body, call_sid=call_sid, retry_after=retry_after)
+    except ResponseFormatError as exc:
+        exc.call_sid = call_sid
+        raise
+
+
+def _decode(
+    http_status: int, body: bytes, *, call_sid: str, retry_after: float | None
+) -> CallDetails:
+    try:
         document = loads(body)
     except ResponseFormatError as exc:
         if http_status >= 300:
@@ -203,20 +213,14 @@ def decode_response(
     if response is None or "status" not in response:
         if http_status >= 300:
             raise _foreign_error(http_status, call_sid, retry_after)
-        raise ResponseFormatError(
-            "response body is not the API's envelope (no response.status)", call_sid=call_sid
-        )
+        raise ResponseFormatError("response body is not the API's envelope (no response.status)")
     code = response.get("code")
-    status = code if _is_int(code) and code >= 400 else http_status
-    if response["status"] == "success" and status < 300:
+    status = code if _is_int(code) and 400 <= code <= 599 else http_status
+    if response["status"] == "success" and 200 <= status < 300:
         data = response.get("data")
         if data is None:
-            raise ResponseFormatError("successful response without data", call_sid=call_sid)
-        try:
-            return structure_call(data, path="$.response.data")
-        except ResponseFormatError as exc:
-            exc.call_sid = call_sid
-            raise
+            raise ResponseFormatError("successful response without data")
+        return structure_call(data, path="$.response.data")
     raise _envelope_error(
         document=document,
         response=response,
@@ -237,14 +241,11 @@ def _envelope_error(
     retry_after: float | None,
 ) -> ApiError:
     error_data = _json_object(response.get("error_data")) or {}
-    code = error_data.get("code")
-    if isinstance(code, str) and code.isdigit():
-        code = int(code)
     request_id = document.get("request_id")
     return api_error(
         http_status=http_status,
         status=status,
-        code=code if _is_int(code) else None,
+        code=_error_code(error_data.get("code")),
         message=_str_or_none(error_data.get("message")),
         description=_str_or_none(error_data.get("description")),
         request_id=_str_or_none(request_id),
@@ -265,6 +266,13 @@ def _foreign_error(http_status: int, call_sid: str, retry_after: float | None) -
 
 def _json_object(value: object) -> dict[str, Any] | None:
     return cast("dict[str, Any]", value) if isinstance(value, dict) else None
+
+
+def _error_code(value: object) -> int | None:
+    # Exotel's codes have four digits; whatever is not a plausible one is dropped.
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        value = int(value)
+    return value if _is_int(value) and 0 <= value < 1_000_000 else None
 
 
 def _is_int(value: object) -> TypeGuard[int]:

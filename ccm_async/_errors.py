@@ -191,9 +191,9 @@ def api_error(
         parts.append(f"error code {code}")
     summary = ", ".join(parts)
     if message:
-        summary += f": {message}"
+        summary += f": {_one_line(message)}"
     if description and description != message:
-        summary += f" ({description})"
+        summary += f" ({_one_line(description)})"
     if not from_api:
         summary += ": the response was not the CCM API's envelope (check base_url and proxies)"
     if cls is AuthenticationError:
@@ -202,7 +202,7 @@ def api_error(
         summary += f"; retry after {retry_after:g}s"
     if call_sid is not None:
         summary += f" [call_sid={call_sid}"
-        summary += f", request_id={request_id}]" if request_id else "]"
+        summary += f", request_id={_one_line(request_id)}]" if request_id else "]"
     return cls(
         summary,
         http_status=http_status,
@@ -213,6 +213,17 @@ def api_error(
         call_sid=call_sid,
         retry_after=retry_after,
     )
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """A server's text as it may appear in a message: one printable line, bounded.
+
+    The attributes keep the text verbatim; a message goes into logs, where a
+    newline or an escape sequence from a server could forge or hide lines.
+    """
+    words = " ".join(text.split())
+    shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in words)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -19,8 +19,11 @@ SAMPLE_SID = "72827ead13a355d334338f53af71157s"
 async def stand_in_client(
     app: Any, *, http_options: dict[str, Any] | None = None, **options: Any
 ) -> AsyncIterator[AsyncCcmClient]:
-    """A client whose http_client talks to an ASGI ``app`` standing in for the API."""
-    transport = httpx.ASGITransport(app=app)
+    """A client whose http_client talks to an ASGI ``app`` (or a transport) standing in
+    for the API."""
+    if not isinstance(app, httpx.AsyncBaseTransport):
+        app = httpx.ASGITransport(app=app)
+    transport = app
     async with httpx.AsyncClient(transport=transport, **(http_options or {})) as http_client:
         yield AsyncCcmClient(
             api_key="k",

@@ -102,6 +102,61 @@ async def test_user_event_hooks_still_run(fake: FakeCcm) -> None:
     assert seen == [f"/v2/accounts/{fake.account_sid}/calls/{SAMPLE_SID}"]
 
 
+async def test_a_body_an_event_hook_read_first(sample_response: dict[str, Any]) -> None:
+    # A logging hook that reads the body, and httpx.MockTransport, both hand over a
+    # response already read (and decoded): it is used as it is.
+    async def read_it(response: httpx.Response) -> None:
+        await response.aread()
+
+    body = gzip.compress(json.dumps(sample_response).encode())
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-encoding": "gzip"})
+
+    for options in ({"event_hooks": {"response": [read_it]}}, {}):
+        async with stand_in_client(httpx.MockTransport(answer), http_options=options) as client:
+            call = await client.get_call(SAMPLE_SID)
+        assert call.call_sid == SAMPLE_SID
+
+
+async def test_a_body_an_event_hook_streamed_away_is_a_format_error() -> None:
+    async def drain(response: httpx.Response) -> None:
+        async for _ in response.aiter_raw():
+            pass
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=httpx.ByteStream(b"{}"))
+
+    hooks = {"event_hooks": {"response": [drain]}}
+    async with stand_in_client(httpx.MockTransport(answer), http_options=hooks) as client:
+        with pytest.raises(ResponseFormatError, match="event hook"):
+            await client.get_call(SAMPLE_SID)
+
+
+async def test_a_body_read_first_is_still_capped() -> None:
+    def answer(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b" " * (MAX_BODY_BYTES + 1))
+
+    async with stand_in_client(httpx.MockTransport(answer)) as client:
+        with pytest.raises(ResponseFormatError, match="exceeds"):
+            await client.get_call(SAMPLE_SID)
+
+
+async def test_any_failure_of_a_third_party_transport_is_a_transport_error() -> None:
+    # httpx's transports raise httpx.RequestError; others may raise anything.
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/broken"):
+            raise RuntimeError("the transport broke")
+        return httpx.Response(404)
+
+    async with stand_in_client(httpx.MockTransport(answer), retry=None) as client:
+        broken, missing = await client.get_calls(["broken", "missing"])
+    assert isinstance(broken.error, TransportError)
+    assert "RuntimeError: the transport broke" in str(broken.error)
+    assert isinstance(broken.error.__cause__, RuntimeError)
+    assert isinstance(missing.error, ApiError)
+
+
 async def redirecting_app(
     scope: MutableMapping[str, Any],
     receive: Callable[[], Awaitable[MutableMapping[str, Any]]],

@@ -1,0 +1,271 @@
+"""The audit: secrets stay in the Authorization header, identifiers cannot steer the
+request, redirects are not followed, TLS is verified, http is loopback-only."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+import traceback
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+import sniffio
+import trustme
+from anyio.streams.tls import TLSListener
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ccm_async
+from ccm_async import (
+    ApiError,
+    AsyncCcmClient,
+    AuthenticationError,
+    CallDetails,
+    CallState,
+    CcmError,
+    ConfigurationError,
+    InvalidCallSidError,
+    RateLimit,
+    RequestTimeoutError,
+    RetryPolicy,
+    TransportError,
+    WaitTimeoutError,
+)
+from ccm_async.testing import FakeCcm, Fault
+
+pytestmark = pytest.mark.anyio
+
+KEY = "audit-key"
+TOKEN = "audit-token-0f9e8d7c"  # noqa: S105 - a test's own
+SECRETS = (TOKEN, base64.b64encode(f"{KEY}:{TOKEN}".encode()).decode())
+SAMPLE = (Path(__file__).parent / "fixtures" / "sample_response.json").read_bytes()
+SID_TEXT = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True) | st.text(max_size=70)
+
+
+def assert_no_secret(texts: list[str]) -> None:
+    assert texts
+    for text in texts:
+        for secret in SECRETS:
+            assert secret not in text
+
+
+def all_about(exc: BaseException) -> Iterator[str]:
+    """An exception as a traceback prints it, and every part of its chain."""
+    yield "".join(traceback.format_exception(exc))
+    link: BaseException | None = exc
+    while link is not None:
+        yield from (repr(link), str(link), repr(getattr(link, "__dict__", None)))
+        link = link.__cause__ or link.__context__
+
+
+def all_logged(records: list[logging.LogRecord]) -> Iterator[str]:
+    formatter = logging.Formatter()
+    for record in records:
+        yield formatter.format(record)
+        yield repr(record.__dict__)
+
+
+FAULTS = {
+    "missing": Fault.not_found(),
+    "limited": Fault.rate_limited(0.01),
+    "failing": Fault.server_error(),
+    "gateway": Fault.html(),
+    "malformed": Fault.malformed(),
+    "truncated": Fault.truncated(),
+    "huge": Fault.oversized(),
+    "dropped": Fault.disconnect(),
+    "hanging": Fault.hang(),
+}
+
+
+async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger: ours, httpx's and httpcore's
+    fake = FakeCcm(api_key=KEY, api_token=TOKEN, generate=True)
+    fake.add_call(CallDetails(call_sid="live", call_state=CallState.ACTIVE))
+    for sid, fault in FAULTS.items():
+        fake.fail(sid, fault)
+    fake.fail("refused", Fault.unauthorized())
+    texts: list[str] = []
+    errors: list[BaseException] = []
+    async with fake.serve() as base_url:
+        # Over a socket (our own transport) and in-process (through httpx.AsyncClient).
+        for client in (
+            AsyncCcmClient(**fake.credentials, base_url=base_url, retry=None, timeout=0.5),
+            fake.client(retry=RetryPolicy(attempts=2, wait_initial=0.01, timeout=1.0)),
+        ):
+            async with client:
+                results = await client.get_calls([*FAULTS, "found", "not/a/sid"])
+                with pytest.raises(AuthenticationError) as refused:
+                    await client.get_call("refused")
+                with pytest.raises(WaitTimeoutError) as waited:
+                    await client.wait_for_terminal("live", timeout=0.05, interval=0.01)
+            errors += [refused.value, waited.value]
+            errors += [result.error for result in results if result.error is not None]
+            texts += [repr(client), str(client), repr(client.stats)]
+            texts += [text for result in results for text in (repr(result), str(result))]
+    kinds = {type(error) for error in errors}
+    assert {RequestTimeoutError, TransportError, InvalidCallSidError, WaitTimeoutError} <= kinds
+    for options in (
+        {"account_sid": "../other"},
+        {"max_concurrency": 0},
+        {"base_url": "http://example.com"},
+        {"api_token": TOKEN + " "},
+        {"region": "eu"},
+    ):
+        with pytest.raises(ConfigurationError) as bad:
+            AsyncCcmClient(**{"api_key": KEY, "api_token": TOKEN, "account_sid": "a", **options})
+        errors.append(bad.value)
+    texts += [text for error in errors for text in all_about(error)]
+    texts += list(all_logged(caplog.records))
+    texts += [repr(fake), str(fake), repr(RetryPolicy()), repr(RateLimit(requests=1, per=1.0))]
+    assert_no_secret(texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(account_sid=SID_TEXT, call_sid=SID_TEXT)
+async def test_identifiers_cannot_steer_the_request(account_sid: str, call_sid: str) -> None:
+    """Either the SID is refused before anything is sent, or the request is exactly
+    ``GET /v2/accounts/{account}/calls/{call}`` on the configured host: no other path,
+    no query, no extra header."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=SAMPLE)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http_client:
+        try:
+            client = AsyncCcmClient(
+                api_key=KEY,
+                api_token=TOKEN,
+                account_sid=account_sid,
+                base_url="https://ccm.test",
+                http_client=http_client,
+                retry=None,
+            )
+            await client.get_call(call_sid)
+        except (ConfigurationError, InvalidCallSidError):
+            assert not sent
+            return
+    [request] = sent
+    assert request.method == "GET"
+    assert request.url.scheme == "https"
+    assert request.url.host == "ccm.test"
+    assert request.url.raw_path == f"/v2/accounts/{account_sid}/calls/{call_sid}".encode()
+    assert request.url.query == b""
+    assert sorted(request.headers) == [
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "content-type",
+        "host",
+        "user-agent",
+    ]
+
+
+@asynccontextmanager
+async def http_server(
+    answer: bytes, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[bytes]]]:
+    """A server on 127.0.0.1 answering every request with ``answer``; yields its base URL
+    and the request heads it received."""
+    listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    if tls is not None:
+        listener = TLSListener(listener, tls, standard_compatible=False)
+    heads: list[bytes] = []
+
+    async def serve(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return  # a client that gave up
+            heads.append(head)
+            await stream.send(answer)
+
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, serve)
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", heads
+        group.cancel_scope.cancel()
+
+
+def http_response(status: str, body: bytes = b"", *headers: str) -> bytes:
+    head = [f"HTTP/1.1 {status}", f"content-length: {len(body)}", "connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def stacks() -> list[str]:
+    """The HTTP stacks a client can use on the running backend (aiohttp is asyncio-only)."""
+    own = ["httpx", "aiohttp"] if sniffio.current_async_library() == "asyncio" else ["httpx"]
+    return [*own, "http_client"]
+
+
+@asynccontextmanager
+async def client_on(stack: str, base_url: str, **http_options: Any) -> AsyncIterator[AsyncCcmClient]:
+    credentials = {"api_key": KEY, "api_token": TOKEN, "account_sid": "a", "base_url": base_url}
+    if stack == "http_client":
+        async with httpx.AsyncClient(**http_options) as http_client:
+            yield AsyncCcmClient(**credentials, http_client=http_client, retry=None)
+    else:
+        async with AsyncCcmClient(**credentials, transport=stack, retry=None) as client:  # type: ignore[arg-type]
+            yield client
+
+
+async def test_redirects_are_never_followed_with_credentials() -> None:
+    async with http_server(http_response("200 OK")) as (elsewhere, stolen):
+        redirect = http_response("302 Found", b"", f"location: {elsewhere}/steal")
+        async with http_server(redirect) as (base_url, heads):
+            for stack in stacks():
+                # Not even through an http_client of the user's that follows redirects.
+                async with client_on(stack, base_url, follow_redirects=True) as client:
+                    with pytest.raises(ApiError) as info:
+                        await client.get_call("abc")
+                assert info.value.http_status == 302, stack
+    assert len(heads) == len(stacks())
+    assert stolen == []
+
+
+@pytest.fixture(scope="module")
+def certificate_authority() -> trustme.CA:
+    return trustme.CA()
+
+
+async def test_tls_is_verified_unless_an_http_client_says_otherwise(
+    certificate_authority: trustme.CA,
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    answer = http_response("200 OK", SAMPLE, "content-type: application/json")
+    async with http_server(answer, tls=server_context) as (base_url, heads):
+        # The server's certificate is for this host, but from a CA nobody trusts.
+        for stack in stacks()[:-1]:
+            async with client_on(stack, base_url) as client:
+                with pytest.raises(TransportError, match="(?i)certificate"):
+                    await client.get_call("abc")
+        assert heads == []
+        trusting = ssl.create_default_context()
+        certificate_authority.configure_trust(trusting)
+        async with client_on("http_client", base_url, verify=trusting) as client:
+            call = await client.get_call("abc")
+    assert call.call_sid == json.loads(SAMPLE)["response"]["data"]["call_sid"]
+    assert len(heads) == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.1.2.3", "http://ccm-api.exotel.com", "http://localhost.example.com"]
+)
+def test_plain_http_is_for_loopback_only(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="https"):
+        AsyncCcmClient(api_key=KEY, api_token=TOKEN, account_sid="a", base_url=url)
