@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
@@ -33,6 +34,46 @@ async def stand_in_client(
             http_client=http_client,
             **options,
         )
+
+
+class CountingBackend(httpcore.AsyncNetworkBackend):
+    """Counts the client's open connections on the client's side."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.AnyIOBackend()
+        self.open = 0
+        self.max_open = 0
+
+    async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        stream = await self.inner.connect_tcp(*args, **kwargs)  # type: ignore[arg-type]
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        return CountedStream(stream, self)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class CountedStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream, backend: CountingBackend) -> None:
+        self.stream = stream
+        self.backend = backend
+        self.closed = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self.stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.backend.open -= 1
+        await self.stream.aclose()
+
+    def get_extra_info(self, info: str) -> object:
+        return self.stream.get_extra_info(info)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -432,6 +432,9 @@ class FakeCcm:
             log_level="critical",
             access_log=False,
             timeout_graceful_shutdown=2,
+            # Longer than the client keeps idle connections (5 s): at equal timeouts
+            # the server closes one just as the client reuses it.
+            timeout_keep_alive=60,
             backlog=4096,
         )
         server = uvicorn.Server(config)
