@@ -123,22 +123,24 @@ header_values = st.binary(max_size=40) | st.integers(-5, 10**7).map(lambda n: st
 
 
 @st.composite
-def responses(draw: st.DrawFn) -> tuple[int, dict[str, bytes], bytes]:
+def responses(draw: st.DrawFn) -> tuple[int, dict[bytes, bytes], bytes]:
     status = draw(st.sampled_from([200, 404, 429, 500, 502]) | st.integers(100, 999))
     body = draw(bodies)
     headers = draw(
         st.dictionaries(
-            st.sampled_from(["retry-after", "content-length", "content-type", "content-encoding"]),
+            st.sampled_from(
+                [b"retry-after", b"content-length", b"content-type", b"content-encoding"]
+            ),
             header_values,
         )
     )
     if draw(st.booleans()):
-        headers["content-encoding"] = b"gzip"
+        headers[b"content-encoding"] = b"gzip"
         body = gzip.compress(body) if draw(st.booleans()) else body
     return status, headers, body
 
 
-async def fetch(status: int, headers: dict[str, bytes], body: bytes) -> CallDetails:
+async def fetch(status: int, headers: dict[bytes, bytes], body: bytes) -> CallDetails:
     def answer(_: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
 
@@ -152,7 +154,7 @@ async def fetch(status: int, headers: dict[str, bytes], body: bytes) -> CallDeta
 # answer, a digit int() refuses, a code of 300 digits, control characters.
 @example((200, {}, b"<html></html>"))
 @example((100, {}, json.dumps(SAMPLE).encode()))
-@example((200, {"content-length": b"\xb2"}, b"null"))
+@example((200, {b"content-length": b"\xb2"}, b"null"))
 @example((500, {}, b'{"response": {"status": "failure", "code": 1%s}}' % (b"0" * 300)))
 @example(
     (
@@ -163,7 +165,7 @@ async def fetch(status: int, headers: dict[str, bytes], body: bytes) -> CallDeta
     )
 )
 async def test_any_response_is_a_call_or_a_ccm_error(
-    response: tuple[int, dict[str, bytes], bytes],
+    response: tuple[int, dict[bytes, bytes], bytes],
 ) -> None:
     status, headers, body = response
     try:

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -118,8 +118,9 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
         {"api_token": TOKEN + " "},
         {"region": "eu"},
     ):
+        settings: dict[str, Any] = {"api_key": KEY, "api_token": TOKEN, "account_sid": "a"}
         with pytest.raises(ConfigurationError) as bad:
-            AsyncCcmClient(**{"api_key": KEY, "api_token": TOKEN, "account_sid": "a", **options})
+            AsyncCcmClient(**{**settings, **options})
         errors.append(bad.value)
     texts += [text for error in errors for text in all_about(error)]
     texts += list(all_logged(caplog.records))
@@ -204,22 +205,31 @@ def http_response(status: str, body: bytes = b"", *headers: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def stacks() -> list[str]:
+Stack = Literal["httpx", "aiohttp", "http_client"]
+
+
+def stacks() -> list[Stack]:
     """The HTTP stacks a client can use on the running backend (aiohttp is asyncio-only)."""
-    own = ["httpx", "aiohttp"] if sniffio.current_async_library() == "asyncio" else ["httpx"]
-    return [*own, "http_client"]
+    if sniffio.current_async_library() == "asyncio":
+        return ["httpx", "aiohttp", "http_client"]
+    return ["httpx", "http_client"]
 
 
 @asynccontextmanager
 async def client_on(
-    stack: str, base_url: str, **http_options: Any
+    stack: Stack, base_url: str, **http_options: Any
 ) -> AsyncIterator[AsyncCcmClient]:
-    credentials = {"api_key": KEY, "api_token": TOKEN, "account_sid": "a", "base_url": base_url}
+    credentials: dict[str, Any] = {
+        "api_key": KEY,
+        "api_token": TOKEN,
+        "account_sid": "a",
+        "base_url": base_url,
+    }
     if stack == "http_client":
         async with httpx.AsyncClient(**http_options) as http_client:
             yield AsyncCcmClient(**credentials, http_client=http_client, retry=None)
     else:
-        async with AsyncCcmClient(**credentials, transport=stack, retry=None) as client:  # type: ignore[arg-type]
+        async with AsyncCcmClient(**credentials, transport=stack, retry=None) as client:
             yield client
 
 
