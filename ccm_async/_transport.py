@@ -5,7 +5,9 @@ connection has expired; each answer looks the socket up through anyio's typed
 attributes, which builds a dict of lookups per call. Measured here, that was
 about a fifth of a lookup's CPU time at 10 connections, and it grows with the
 pool. The streams below remember their socket, so the question costs a poll.
-httpcore is httpx's own transport layer, installed with it.
+And the pool's pass that hands connections to requests is quadratic in the
+connections (see :class:`_Pool`); ours is linear. httpcore is httpx's own
+transport layer, installed with it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class _Pool(httpcore.AsyncConnectionPool):
 
     It serves one client's requests: one origin, every connection kept alive
     (``max_keepalive_connections == max_connections``, see :func:`pool_limits`).
+    httpcore has had this pass since 1.0.3 (the ``lowest`` test session runs on
+    that release); the 1.0.0-1.0.2 pool never calls it and works as it did.
     """
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:

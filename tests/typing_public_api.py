@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator, Mapping
+from typing import assert_type
 
 import httpx
 
@@ -11,12 +13,17 @@ from ccm_async import (
     AsyncCcmClient,
     CallDetails,
     CallNotFoundError,
+    CallResult,
     CallState,
     CcmError,
+    ClientStats,
+    RateLimit,
     RateLimitError,
     Region,
+    RetryPolicy,
+    WaitTimeoutError,
 )
-from ccm_async.testing import FakeCcm, Fault
+from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
 
 async def lookups() -> None:
@@ -59,3 +66,30 @@ async def with_the_fake() -> None:
         await ccm.get_call("abc")
     count: int = fake.request_count
     del count
+
+
+async def bulk(sids: list[str], events: AsyncIterator[str]) -> None:
+    policy = RetryPolicy(attempts=3, wait_initial=0.1, wait_max=2.0, timeout=10.0)
+    async with AsyncCcmClient.from_env(
+        retry=policy, rate_limit=RateLimit(requests=200, per=60.0), max_concurrency=64
+    ) as ccm:
+        results = await ccm.get_calls(sids, concurrency=32)
+        assert_type(results, list[CallResult])
+        for result in results:
+            if result.ok and result.call is not None:
+                assert_type(result.call, CallDetails)
+            elif result.error is not None:
+                assert_type(result.error, CcmError)
+        async with ccm.stream_calls(events) as stream:
+            async for streamed in stream:
+                assert_type(streamed, CallResult)
+        with instant_backoff():
+            try:
+                ended = await ccm.wait_for_terminal("abc", timeout=60.0, interval=2.0)
+                assert_type(ended, CallDetails)
+            except WaitTimeoutError as exc:
+                assert_type(exc.last_state, str | None)
+        stats = ccm.stats
+        assert_type(stats, ClientStats)
+        assert_type(stats.responses, Mapping[int, int])
+        assert_type(stats.adaptive_rate, float | None)
