@@ -131,6 +131,28 @@ def latency_bound(quick: bool) -> dict[str, object]:
     }
 
 
+def slow_server(quick: bool) -> dict[str, object]:
+    """Many requests in flight against a slow server, where a pool's own cost shows."""
+    count, concurrency = (100, 32) if quick else (3000, 256)
+    with server(latency_ms=100) as base:
+        cells = {
+            client: measure(client, base, concurrency, count) for client in ("httpx", "ccm_async")
+        }
+    return {
+        "count": count,
+        "concurrency": concurrency,
+        "ideal": concurrency / 0.1,
+        **{
+            client: {
+                "lookups_per_s": round(cell["lookups_per_s"], 1),
+                "cpu_ms_per_lookup": round(cell["cpu_ms_per_lookup"], 3),
+                "errors": cell["errors"],
+            }
+            for client, cell in cells.items()
+        },
+    }
+
+
 def scenario(*args: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, str(HERE / "scenarios.py"), *args],
@@ -167,7 +189,7 @@ def report(results: dict[str, object]) -> str:
         lines.append(
             f"| {level} | {ratio['ccm_async / httpx']}x | {ratio['ccm_async+aiohttp / aiohttp']}x |"
         )
-    for name in ("latency_bound", "memory", "economy", "import_time"):
+    for name in ("latency_bound", "slow_server", "memory", "economy", "import_time"):
         lines += ["", f"{name}: {json.dumps(results[name])}"]
     return "\n".join(lines)
 
@@ -182,6 +204,7 @@ def main() -> None:
     steps = {
         "throughput": lambda: throughput(quick),
         "latency_bound": lambda: latency_bound(quick),
+        "slow_server": lambda: slow_server(quick),
         "memory": lambda: memory(quick),
         "economy": lambda: scenario("economy", *(["--quick"] if quick else [])),
         "import_time": lambda: scenario("import-time", *(["--quick"] if quick else [])),

@@ -28,6 +28,8 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert results["quick"] is True
     for client in ("httpx", "aiohttp", "ccm_async", "ccm_async+aiohttp"):
         assert results["throughput"]["table"][client]["10"]["errors"] == 0
+    assert results["slow_server"]["httpx"]["errors"] == 0
+    assert results["slow_server"]["ccm_async"]["errors"] == 0
     assert results["memory"]["ok"] == results["memory"]["count"]
     assert results["economy"]["five_percent"]["failed"] == 0
     assert results["economy"]["outage"]["failed"] == results["economy"]["outage"]["sids"]
