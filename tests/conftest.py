@@ -22,9 +22,8 @@ async def stand_in_client(
 ) -> AsyncIterator[AsyncCcmClient]:
     """A client whose http_client talks to an ASGI ``app`` (or a transport) standing in
     for the API."""
-    if not isinstance(app, httpx.AsyncBaseTransport):
-        app = httpx.ASGITransport(app=app)
-    transport = app
+    is_transport = isinstance(app, httpx.AsyncBaseTransport)
+    transport = app if is_transport else httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, **(http_options or {})) as http_client:
         yield AsyncCcmClient(
             api_key="k",
@@ -74,6 +73,14 @@ class CountedStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> object:
         return self.stream.get_extra_info(info)
+
+
+@pytest.fixture
+def own_pool_connections(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
+    """Counts the connections of the own pool of every client the test creates."""
+    connections = CountingBackend()
+    monkeypatch.setattr(httpcore, "AnyIOBackend", lambda: connections)
+    return connections
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -10,7 +10,6 @@ import os
 import time
 
 import anyio
-import httpcore
 import pytest
 
 from ccm_async import AsyncCcmClient, CallNotFoundError, RetryPolicy
@@ -37,12 +36,11 @@ def soaking_fake(policy: RetryPolicy) -> FakeCcm:
     return fake
 
 
-async def test_no_sid_is_lost_or_repeated(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_sid_is_lost_or_repeated(own_pool_connections: CountingBackend) -> None:
+    connections = own_pool_connections
     policy = RetryPolicy()
     fake = soaking_fake(policy)
     sids = [f"soak{i:07d}" for i in range(SOAK_SIDS)]
-    connections = CountingBackend()  # what the client's own pool opens and closes
-    monkeypatch.setattr(httpcore, "AnyIOBackend", lambda: connections)
     tasks_before = len(anyio.get_running_tasks())
     seen: collections.Counter[str] = collections.Counter()
     wrong: list[str] = []

@@ -104,7 +104,9 @@ async def test_connection_refused() -> None:
     assert isinstance(info.value.__cause__, httpx.ConnectError)
 
 
-async def test_the_pool_places_each_request_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_pool_places_each_request_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch, own_pool_connections: CountingBackend
+) -> None:
     # httpcore's own pool made 7.8 passes per request here (it hands one idle
     # connection to every queued request, and the losers try again), each pass
     # quadratic in the connections.
@@ -117,8 +119,7 @@ async def test_the_pool_places_each_request_in_one_pass(monkeypatch: pytest.Monk
         return assign(pool)
 
     monkeypatch.setattr(_Pool, "_assign_requests_to_connections", counted)
-    connections = CountingBackend()
-    monkeypatch.setattr(httpcore, "AnyIOBackend", lambda: connections)
+    connections = own_pool_connections
     fake = FakeCcm(generate=True, latency=(0.0, 0.01))
     async with (
         fake.serve() as base_url,
