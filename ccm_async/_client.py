@@ -1,27 +1,21 @@
-"""AsyncCcmClient: the client's lifecycle, one lookup's way, and bulk lookups.
+"""AsyncCcmClient: the client's lifecycle and the orchestration of one lookup.
 
 ``get_call(sid)`` -> validate the SID -> terminal-call cache -> single-flight
--> retry loop [ client-wide pause ->
-concurrency slot -> rate-limit permit -> httpx GET (no redirects, body capped)
--> release slot -> decode status and envelope ] -> ``CallDetails`` or a typed
+(:mod:`._flights`) -> retry loop (:mod:`._retry`) [ client-wide pause ->
+concurrency slot -> rate-limit permit (:mod:`._throttle`) -> the engine's GET
+(:mod:`._http`, body capped by :mod:`._body`) -> release slot -> decode status
+and envelope (:mod:`._convert`) ] -> ``CallDetails`` or a typed
 :class:`~ccm_async.CcmError`. No slot is held while waiting between attempts.
+Bulk lookups (``get_calls``, ``stream_calls``) are :mod:`._bulk`'s workers
+around :meth:`AsyncCcmClient.get_call`.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import urllib.request
-import zlib
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Iterable,
-    Iterator,
-    Mapping,
-)
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -29,9 +23,9 @@ import anyio
 import anyio.abc
 import httpx
 
+from ccm_async._bulk import gather_results, stream_results
 from ccm_async._config import (
     DEFAULT_TIMEOUT,
-    MAX_BODY_BYTES,
     Credentials,
     Region,
     resolve_base_url,
@@ -44,19 +38,18 @@ from ccm_async._errors import (
     AuthenticationError,
     CallNotFoundError,
     CcmError,
+    ClientClosedError,
     ConfigurationError,
     RateLimitError,
-    RequestTimeoutError,
-    ResponseFormatError,
     TransportError,
     WaitTimeoutError,
-    parse_retry_after,
+    forget_frames,
 )
 from ccm_async._flights import SingleFlight, TerminalCache
+from ccm_async._http import client_engine, current_loop, own_engine
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
 from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
-from ccm_async._transport import new_transport, pool_limits
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
@@ -68,6 +61,8 @@ _MAX_CONCURRENCY_LIMIT: Final = 4096
 DEFAULT_RETRY: Final = RetryPolicy()
 _SINGLE_ATTEMPT: Final = RetryPolicy(attempts=1)
 _USER_AGENT: Final = f"ccm-async/{__version__}"
+# Raised from a lookup, these end a batch: no other SID would fare better.
+_STOPS_THE_BATCH: Final = (AuthenticationError, ConfigurationError, ClientClosedError)
 
 
 class AsyncCcmClient:
@@ -136,15 +131,21 @@ class AsyncCcmClient:
         self._group: anyio.abc.TaskGroup | None = None
         self._policy = retry or _SINGLE_ATTEMPT
         self._budget = RetryBudget(self._policy.budget_tokens, self._policy.budget_refill)
+        self._rate_limit = rate_limit
         self._throttle = Throttle(rate_limit)
+        self._loop: object = None
         self._counters = _Counters()
-        self._owns_http = http_client is None
+        self._timeout = httpx.Timeout(timeout) if http_client is None else http_client.timeout
         if http_client is None:
-            http_client, self._transport = _own_http(transport, max_concurrency, timeout)
+            self._engine = own_engine(
+                transport,
+                base_url=self._base_url,
+                headers=self._headers,
+                max_connections=max_concurrency,
+                timeout=self._timeout,
+            )
         else:
-            self._transport = None
-        self._http = http_client
-        self._extensions = {"timeout": http_client.timeout.as_dict()}
+            self._engine = client_engine(http_client, headers=self._headers)
         self._closed = False
 
     @classmethod
@@ -166,6 +167,11 @@ class AsyncCcmClient:
     def account_sid(self) -> str:
         """The account whose calls are looked up."""
         return self._account_sid
+
+    @property
+    def timeout(self) -> httpx.Timeout:
+        """The per-request timeouts (a user's ``http_client``'s own, when given)."""
+        return self._timeout
 
     @property
     def stats(self) -> ClientStats:
@@ -192,7 +198,7 @@ class AsyncCcmClient:
 
     async def __aenter__(self) -> Self:
         if self._closed:
-            raise RuntimeError("the client is closed")
+            raise ClientClosedError("the client is closed")
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -213,8 +219,7 @@ class AsyncCcmClient:
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
-        if self._owns_http:
-            await self._http.aclose()
+        await self._engine.aclose()
 
     async def get_call(self, call_sid: str) -> CallDetails:
         """The details of one call, retried as the client's :class:`RetryPolicy` says.
@@ -230,7 +235,7 @@ class AsyncCcmClient:
         """
         call_sid = validate_call_sid(call_sid)
         if self._closed:
-            raise RuntimeError("the client is closed")
+            raise ClientClosedError("the client is closed", call_sid=call_sid)
         cached = self._cache.get(call_sid)
         if cached is not None:
             return cached
@@ -242,36 +247,34 @@ class AsyncCcmClient:
         """Fetch many calls; one :class:`CallResult` per input position, in input order.
 
         Each distinct SID is fetched once. One SID's failure (not found, retries
-        exhausted, an invalid SID) is that SID's ``error``; it never fails the batch.
-        An :class:`AuthenticationError` is not one SID's problem: it stops the batch
-        at once (no further requests, in-flight ones cancelled) and is raised.
-        ``concurrency`` is the number of lookups in progress (default: the client's
-        ``max_concurrency``).
+        exhausted, an invalid SID, a non-string item) is that SID's ``error``; it
+        never fails the batch. An :class:`AuthenticationError` or
+        :class:`ConfigurationError` is not one SID's problem: it stops the batch
+        at once (no further requests, in-flight ones cancelled) and is raised, as
+        is :class:`ClientClosedError` when the client is closed under the batch.
+        ``concurrency`` is the number of lookups in progress (default: the
+        client's ``max_concurrency``).
         """
-        sids = list(call_sids)
-        by_sid: dict[str, CallResult] = {}
-        async with self.stream_calls(dict.fromkeys(sids), concurrency=concurrency) as results:
-            async for result in results:
-                by_sid[result.call_sid] = result
-        return [by_sid[sid] for sid in sids]
+        return await gather_results(
+            call_sids, result=self._result, concurrency=self._workers(concurrency)
+        )
 
-    @asynccontextmanager
-    async def stream_calls(
+    def stream_calls(
         self,
         call_sids: Iterable[str] | AsyncIterable[str],
         *,
         concurrency: int | None = None,
-    ) -> AsyncGenerator[AsyncIterator[CallResult]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]:
         """Fetch calls and yield their :class:`CallResult` as they complete.
 
         ``call_sids`` may be any iterable or async iterable (an event stream, a
         generator over a file): a fixed set of ``concurrency`` workers pulls from it
         lazily, so memory does not grow with the number of SIDs. One result per
-        input item, duplicates included. Leaving the block early (break, exception,
-        cancellation) stops reading the input (closing an async generator),
-        cancels lookups in flight, and returns only when nothing it started is
-        still running. An :class:`AuthenticationError` stops the stream and is
-        raised, as in :meth:`get_calls`.
+        input item, duplicates and non-strings included. Leaving the block early
+        (break, exception, cancellation) stops reading the input (closing an async
+        generator), cancels lookups in flight, and returns only when nothing it
+        started is still running. What stops :meth:`get_calls` stops the stream
+        and is raised as itself; so is an exception of the source's own.
 
         Use it as::
 
@@ -279,48 +282,14 @@ class AsyncCcmClient:
                 async for result in results:
                     ...
         """
+        return stream_results(
+            call_sids, result=self._result, concurrency=self._workers(concurrency)
+        )
+
+    def _workers(self, concurrency: int | None) -> int:
         workers = self._max_concurrency if concurrency is None else concurrency
         _check_count("concurrency", workers, _MAX_CONCURRENCY_LIMIT)
-        source = _aiter(call_sids)
-        send, receive = anyio.create_memory_object_stream[CallResult](workers)
-        pulling = anyio.Lock()
-        stopped_by: list[AuthenticationError] = []
-
-        async def work(out: anyio.abc.ObjectSendStream[CallResult]) -> None:
-            async with out:
-                while True:
-                    async with pulling:
-                        call_sid = await anext(source, None)
-                    if call_sid is None:
-                        return
-                    try:
-                        result = await self._result(call_sid)
-                    except AuthenticationError as exc:
-                        stopped_by.append(exc)
-                        group.cancel_scope.cancel()
-                        return
-                    await out.send(result)
-
-        body_error: BaseException | None = None
-        try:
-            async with anyio.create_task_group() as group, receive:
-                for _ in range(workers):
-                    group.start_soon(work, send.clone())
-                send.close()
-                try:
-                    yield receive
-                except BaseException as exc:
-                    body_error = exc
-                group.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _close_source(source)
-        # Raised here rather than inside the task group, which would wrap them. An
-        # AuthenticationError comes first: the body was cancelled because of it.
-        if stopped_by:
-            raise stopped_by[0]
-        if body_error is not None:
-            raise body_error
+        return workers
 
     async def wait_for_terminal(
         self,
@@ -361,20 +330,37 @@ class AsyncCcmClient:
             last_state=last_state,
         )
 
-    async def _result(self, call_sid: str) -> CallResult:
+    async def _result(self, item: object) -> CallResult:
         try:
-            call = await self.get_call(call_sid)
-        except AuthenticationError:
+            call = await self.get_call(item)  # type: ignore[arg-type]  # checked there
+        except _STOPS_THE_BATCH:
             raise
         except CcmError as exc:
-            return CallResult(call_sid=call_sid, error=exc)
-        return CallResult(call_sid=call_sid, call=call)
+            return CallResult(call_sid=_sid_of(item, exc), error=exc)
+        return CallResult(call_sid=call.call_sid or str(item), call=call)
 
     async def _lookup(self, call_sid: str) -> CallDetails:
+        self._follow_the_event_loop()
         lookup = Lookup(call_sid, self._policy, self._budget, self._counters.deny_retry)
-        call = await lookup.run(self._attempt)
+        try:
+            call = await lookup.run(self._attempt)
+        except CcmError as exc:
+            # A failed lookup's frames hold its response body: a kept error keeps only itself.
+            forget_frames(exc)
+            raise
         self._cache.put(call_sid, call)
         return call
+
+    def _follow_the_event_loop(self) -> None:
+        # Waits, pauses and windows are times on the loop's own clock, and its
+        # primitives belong to it: a new loop starts them afresh (the engine
+        # opens fresh connections on its own).
+        loop = current_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                self._slots = Slots(self._max_concurrency)
+                self._throttle = Throttle(self._rate_limit)
+            self._loop = loop
 
     async def _attempt(self, lookup: Lookup) -> CallDetails:
         if lookup.attempts:
@@ -398,8 +384,13 @@ class AsyncCcmClient:
         started = anyio.current_time()
         status: int | str = "no response"
         try:
-            status, body, retry_after = await self._send(call_sid)
-            call = decode_response(status, body, call_sid=call_sid, retry_after=retry_after)
+            self._counters.requests += 1
+            reply = await self._engine.get(self._calls_url + call_sid, call_sid)
+            status = reply.status
+            self._counters.responses[status] += 1
+            call = decode_response(
+                status, reply.body, call_sid=call_sid, retry_after=reply.retry_after
+            )
         except TransportError:
             self._counters.transport_errors += 1
             self._budget.record_failure()
@@ -430,38 +421,6 @@ class AsyncCcmClient:
                     extra={"call_sid": call_sid, "attempt": attempt, "status": status},
                 )
 
-    async def _send(self, call_sid: str) -> tuple[int, bytes, float | None]:
-        """The HTTP exchange: status, body (capped) and Retry-After; no redirects."""
-        url = self._calls_url + call_sid
-        self._counters.requests += 1
-        try:
-            if self._transport is not None:
-                request = httpx.Request(
-                    "GET", url, headers=self._headers, extensions=self._extensions
-                )
-                response = await self._transport.handle_async_request(request)
-            else:
-                request = self._http.build_request("GET", url, headers=self._headers)
-                response = await self._http.send(request, stream=True, follow_redirects=False)
-            try:
-                body = await _read_capped(response, call_sid)
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException as exc:
-            raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from exc
-        except CcmError:
-            raise
-        except Exception as exc:
-            # httpx.RequestError, or whatever a third-party transport raises: one
-            # lookup's failure, not the batch's (the cause keeps the details).
-            raise TransportError(_describe(exc), call_sid=call_sid) from exc
-        self._counters.responses[response.status_code] += 1
-        return (
-            response.status_code,
-            body,
-            parse_retry_after(response.headers.get("retry-after")),
-        )
-
 
 class _Counters:
     """The mutable tallies behind :attr:`AsyncCcmClient.stats`."""
@@ -483,23 +442,6 @@ def _check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
         raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
 
 
-def _own_http(
-    transport: Literal["httpx", "aiohttp"], max_concurrency: int, timeout: float | httpx.Timeout
-) -> tuple[httpx.AsyncClient, httpx.AsyncBaseTransport | None]:
-    """The client's own pool, and the transport requests go straight into, if any.
-
-    Straight into the transport means no auth flow, cookies, redirects or hooks to
-    run. Proxies from the environment need httpx's mounts, so then requests go
-    through ``AsyncClient.send`` (as they do through a user's own http_client).
-    """
-    if transport not in ("httpx", "aiohttp"):
-        raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
-    if transport == "httpx" and urllib.request.getproxies():
-        return httpx.AsyncClient(limits=pool_limits(max_concurrency), timeout=timeout), None
-    direct = new_transport(max_concurrency, stack=transport)
-    return httpx.AsyncClient(transport=direct, timeout=timeout), direct
-
-
 def _pool_size(http_client: httpx.AsyncClient) -> int | None:
     """The connection limit of an httpx client's default transport, if it can be read."""
     pool = getattr(getattr(http_client, "_transport", None), "_pool", None)
@@ -507,91 +449,6 @@ def _pool_size(http_client: httpx.AsyncClient) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
-def _aiter(items: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
-    if isinstance(items, AsyncIterable):
-        return aiter(items)
-    return _from_sync(iter(items))
-
-
-async def _from_sync(items: Iterator[str]) -> AsyncGenerator[str]:
-    for item in items:
-        yield item
-
-
-async def _close_source(source: AsyncIterator[str]) -> None:
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-def _describe(exc: Exception) -> str:
-    # httpx's messages name the failure, never the request's headers.
-    detail = str(exc)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-async def _read_capped(response: httpx.Response, call_sid: str) -> bytes:
-    if response.is_stream_consumed:
-        return _already_read(response, call_sid)
-    declared = response.headers.get("content-length", "")
-    # isascii: str.isdigit() also accepts digits int() refuses, such as '²'.
-    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large(call_sid)
-    body = bytearray()
-    try:
-        # Raw bytes, decoded below: a decoding error raised inside httpx's
-        # generators would strand them unfinished (a ResourceWarning on trio).
-        async for chunk in response.aiter_raw():
-            if response.is_closed:
-                continue
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                # Closing the stream ends the iteration without reading the rest;
-                # breaking out instead would strand httpx's inner generators.
-                await response.aclose()
-    except (httpx.HTTPError, httpx.StreamError):
-        if len(body) <= MAX_BODY_BYTES:
-            raise  # a real failure, not the stream we closed
-    if len(body) > MAX_BODY_BYTES:
-        raise _too_large(call_sid)
-    return _decompress(bytes(body), response.headers.get("content-encoding", ""), call_sid)
-
-
-def _already_read(response: httpx.Response, call_sid: str) -> bytes:
-    # A user's event hook (or httpx.MockTransport) read the body first; httpx decoded it.
-    try:
-        body = response.content
-    except httpx.ResponseNotRead:
-        raise ResponseFormatError(
-            "the response body was streamed by something else (an event hook?) before "
-            "ccm_async could read it",
-            call_sid=call_sid,
-        ) from None
-    if len(body) > MAX_BODY_BYTES:
-        raise _too_large(call_sid)
-    return body
-
-
-def _decompress(body: bytes, encoding: str, call_sid: str) -> bytes:
-    encoding = encoding.strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    if encoding != "gzip":
-        raise ResponseFormatError(
-            f"unexpected content-encoding {encoding!r:.40}", call_sid=call_sid
-        )
-    decoder = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        # Bounded output: a small compressed bomb cannot expand past the cap.
-        data = decoder.decompress(body, MAX_BODY_BYTES + 1)
-    except zlib.error as exc:
-        raise ResponseFormatError(f"undecodable gzip body: {exc}", call_sid=call_sid) from exc
-    if len(data) > MAX_BODY_BYTES:
-        raise _too_large(call_sid)
-    return data
-
-
-def _too_large(call_sid: str) -> ResponseFormatError:
-    return ResponseFormatError(
-        f"response body exceeds {MAX_BODY_BYTES} bytes; refused", call_sid=call_sid
-    )
+def _sid_of(item: object, error: CcmError) -> str:
+    # A non-string item is named by its error's short printable repr.
+    return item if isinstance(item, str) else error.call_sid or repr(item)[:80]

@@ -180,7 +180,8 @@ def loads(body: bytes) -> Any:
     except RecursionError:
         raise ResponseFormatError("response body is nested too deeply to parse") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ResponseFormatError(f"response body is not JSON: {exc}") from exc
+        # Not chained: the parser's exception holds the whole document.
+        raise ResponseFormatError(f"response body is not JSON: {exc}") from None
 
 
 def decode_response(

@@ -8,6 +8,7 @@ Every error the library raises is a :class:`CcmError`::
     ├── TransportError          the request did not get a response
     │   └── RequestTimeoutError (also TimeoutError)
     ├── WaitTimeoutError        (also TimeoutError) wait_for_terminal gave up
+    ├── ClientClosedError       (also RuntimeError) used or closed under a lookup
     ├── ApiError                the API (or something in front of it) said no
     │   ├── CallNotFoundError   404: 3043, 3044, 3045
     │   ├── AuthenticationError 401, 403: wrong credentials or wrong region
@@ -24,12 +25,14 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+import traceback
 
 __all__ = [
     "ApiError",
     "AuthenticationError",
     "CallNotFoundError",
     "CcmError",
+    "ClientClosedError",
     "ConfigurationError",
     "InvalidCallSidError",
     "RateLimitError",
@@ -39,6 +42,7 @@ __all__ = [
     "TransportError",
     "WaitTimeoutError",
     "api_error",
+    "forget_frames",
     "parse_retry_after",
 ]
 
@@ -85,6 +89,10 @@ class WaitTimeoutError(CcmError, TimeoutError):
     def __init__(self, message: str, *, call_sid: str, last_state: str | None) -> None:
         super().__init__(message, call_sid=call_sid)
         self.last_state = last_state
+
+
+class ClientClosedError(CcmError, RuntimeError):
+    """The client is closed, or was closed while a lookup or a batch was running."""
 
 
 class ResponseFormatError(CcmError):
@@ -141,6 +149,26 @@ class RateLimitError(ApiError):
 
 class ServerError(ApiError):
     """The API failed (5xx: 1100, 3042, 3046, 3075, or a gateway's error page)."""
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames behind ``exc`` and its causes.
+
+    A failed lookup's traceback reaches the frames that read and decoded its
+    response: kept in a result or a log queue, the error would keep the body (up
+    to the 1 MiB cap, or a decompressed bomb) alive through their locals.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        pending.extend(link for link in (error.__cause__, error.__context__) if link is not None)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
 
 
 _AUTH_HINT = (

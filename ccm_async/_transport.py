@@ -1,4 +1,4 @@
-"""The HTTP transport of a client that owns its connection pool (httpx's, or aiohttp's).
+"""The httpcore connection pool of a client that owns one (used by ``_http.PoolEngine``).
 
 httpcore's pool asks every connection, on every request it places, whether the
 connection has expired; each answer looks the socket up through anyio's typed
@@ -6,7 +6,7 @@ attributes, which builds a dict of lookups per call. Measured here, that was
 about a fifth of a lookup's CPU time at 10 connections, and it grows with the
 pool. The streams below remember their socket, so the question costs a poll.
 And the pool's pass that hands connections to requests is quadratic in the
-connections (see :class:`_Pool`); ours is linear. httpcore is httpx's own
+connections (see :class:`Pool`); ours is linear. httpcore is httpx's own
 transport layer, installed with it.
 """
 
@@ -16,14 +16,12 @@ import collections
 import select
 import socket
 from collections.abc import Iterable
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import httpcore
 import httpx
 
-from ccm_async._errors import ConfigurationError
-
-__all__ = ["new_transport", "pool_limits"]
+__all__ = ["Backend", "Pool", "pool_limits"]
 
 
 def pool_limits(max_connections: int) -> httpx.Limits:
@@ -31,40 +29,7 @@ def pool_limits(max_connections: int) -> httpx.Limits:
     return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
 
 
-def new_transport(
-    max_connections: int, *, stack: Literal["httpx", "aiohttp"] = "httpx"
-) -> httpx.AsyncBaseTransport:
-    """A transport whose pool holds ``max_connections`` connections.
-
-    ``stack="aiohttp"`` is httpx-aiohttp's transport (the ``aiohttp`` extra):
-    aiohttp's connection handling under the same httpx interface.
-    """
-    limits = pool_limits(max_connections)
-    if stack == "aiohttp":
-        return _aiohttp_transport(limits)
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    # The pool httpx would build, with the streams and the assignment below.
-    transport._pool = _Pool(  # pyright: ignore[reportPrivateUsage]
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_Backend(),
-    )
-    return transport
-
-
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    try:
-        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 - an optional extra
-    except ImportError as exc:
-        raise ConfigurationError(
-            "transport='aiohttp' needs the extra: pip install 'ccm-async[aiohttp]'"
-        ) from exc
-    return AiohttpTransport(limits=limits)
-
-
-class _Pool(httpcore.AsyncConnectionPool):
+class Pool(httpcore.AsyncConnectionPool):
     """httpcore's pool, with its request-to-connection assignment made linear.
 
     httpcore 1.0 reassigns on every request placed and every response closed,
@@ -113,7 +78,7 @@ class _Pool(httpcore.AsyncConnectionPool):
         return closing
 
 
-class _Backend(httpcore.AsyncNetworkBackend):
+class Backend(httpcore.AsyncNetworkBackend):
     def __init__(self) -> None:
         self._inner = cast("httpcore.AsyncNetworkBackend", httpcore.AnyIOBackend())
 

@@ -15,16 +15,17 @@ from ccm_async import (
     ApiError,
     AsyncCcmClient,
     CallDetails,
+    ClientClosedError,
     ConfigurationError,
     InvalidCallSidError,
     ResponseFormatError,
     TransportError,
 )
-from ccm_async._client import _read_capped
 from ccm_async._config import MAX_BODY_BYTES
+from ccm_async._http import ClientEngine, PoolEngine, read_httpx_response
 from ccm_async.testing import FakeCcm, Fault
 
-from .conftest import SAMPLE_SID, stand_in_client
+from .conftest import SAMPLE_SID, CountingBackend, stand_in_client
 
 pytestmark = pytest.mark.anyio
 
@@ -75,12 +76,17 @@ async def test_user_http_client_is_left_open(fake: FakeCcm) -> None:
     await http_client.aclose()
 
 
-async def test_own_http_client_is_closed() -> None:
-    client = AsyncCcmClient(api_key="k", api_token="t", account_sid="a")
-    await client.aclose()
-    assert client._http.is_closed
-    with pytest.raises(RuntimeError, match="closed"):
+async def test_own_pool_is_closed(own_pool_connections: CountingBackend) -> None:
+    fake = FakeCcm(generate=True)
+    async with fake.serve() as base_url:
+        client = AsyncCcmClient(**fake.credentials, base_url=base_url)
+        await client.get_calls(["a", "b", "c"])
+        assert own_pool_connections.open > 0
+        await client.aclose()
+        assert own_pool_connections.open == 0
+    with pytest.raises(ClientClosedError, match="closed") as info:
         await client.get_call("abc")
+    assert info.value.call_sid == "abc"
 
 
 async def test_user_event_hooks_still_run(fake: FakeCcm) -> None:
@@ -198,7 +204,7 @@ async def test_body_over_the_cap_is_refused_before_it_is_read_whole() -> None:
     stream = CountingStream(chunks=1000, size=64 * 1024)
     response = httpx.Response(200, stream=stream)
     with pytest.raises(ResponseFormatError, match="exceeds"):
-        await _read_capped(response, "abc")
+        await read_httpx_response(response, "abc")
     assert stream.pulled == MAX_BODY_BYTES // (64 * 1024) + 1
 
 
@@ -208,14 +214,14 @@ async def test_declared_length_over_the_cap_is_refused_unread() -> None:
         200, stream=stream, headers={"content-length": str(MAX_BODY_BYTES + 1)}
     )
     with pytest.raises(ResponseFormatError):
-        await _read_capped(response, "abc")
+        await read_httpx_response(response, "abc")
     assert stream.pulled == 0
 
 
 async def test_body_at_the_cap_is_read() -> None:
     stream = CountingStream(chunks=16, size=64 * 1024)
     response = httpx.Response(200, stream=stream)
-    assert len(await _read_capped(response, "abc")) == MAX_BODY_BYTES
+    assert len((await read_httpx_response(response, "abc")).body) == MAX_BODY_BYTES
 
 
 def encoded_app(encoding: bytes, body: bytes) -> Any:
@@ -261,12 +267,13 @@ async def test_bad_content_encoding_is_a_format_error(
 async def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
-        assert client._transport is None  # requests go through httpx's proxy mounts
-        proxied = client._http._transport_for_url(httpx.URL(client.base_url))
-        assert proxied is not client._http._transport
+        engine = client._engine
+        assert isinstance(engine, ClientEngine)  # requests go through httpx's proxy mounts
+        proxied = engine.http_client._transport_for_url(httpx.URL(client.base_url))
+        assert proxied is not engine.http_client._transport
     monkeypatch.delenv("HTTPS_PROXY")
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
-        assert client._transport is not None
+        assert isinstance(client._engine, PoolEngine)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -18,6 +18,7 @@ PUBLIC = {
     "CallState",
     "CallStatus",
     "CcmError",
+    "ClientClosedError",
     "ClientStats",
     "ConfigurationError",
     "CustomerDetails",

@@ -225,7 +225,7 @@ async def test_lookup_deadline_bounds_a_server_that_never_answers() -> None:
     assert info.value.deadline_exceeded
     assert info.value.attempts == 1
     assert "deadline" in str(info.value)
-    assert client._http.timeout.read == 10.0
+    assert client.timeout.read == 10.0
 
 
 async def test_queueing_for_a_first_slot_does_not_count() -> None:
@@ -400,10 +400,10 @@ async def test_logs_each_attempt_and_each_retry(caplog: pytest.LogCaptureFixture
 
 async def test_timeouts_default_and_override() -> None:
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
-        assert client._http.timeout == DEFAULT_TIMEOUT
-        assert client._http.timeout.connect == 5.0
+        assert client.timeout == DEFAULT_TIMEOUT
+        assert client.timeout.connect == 5.0
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a", timeout=2.5) as client:
-        assert client._http.timeout == httpx.Timeout(2.5)
+        assert client.timeout == httpx.Timeout(2.5)
 
 
 def test_transport_error_is_retryable_class() -> None:

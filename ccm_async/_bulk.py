@@ -1,0 +1,120 @@
+"""Bulk lookups: a fixed set of workers pulling SIDs from any iterable, one result per item.
+
+:func:`stream_results` is ``AsyncCcmClient.stream_calls``: ``concurrency``
+workers take items from the source lazily (memory does not grow with the
+number of SIDs), look each one up, and send its :class:`CallResult` down a
+bounded stream. One SID's failure is that SID's result (``result`` makes it).
+Whatever ``result`` or the source raises instead stops the whole stream and is
+raised as itself, never inside an ``ExceptionGroup``: the source's own
+exception, an :class:`AuthenticationError` or :class:`ConfigurationError` (no
+other SID would fare better), or the client being closed under the batch
+(:class:`ClientClosedError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
+from contextlib import asynccontextmanager
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from ccm_async._models import CallResult
+
+__all__ = ["gather_results", "stream_results"]
+
+_END: Final = object()  # the source is exhausted (None is an item like any other)
+
+
+@asynccontextmanager
+async def stream_results(
+    items: Iterable[object] | AsyncIterable[object],
+    *,
+    result: Callable[[object], Awaitable[CallResult]],
+    concurrency: int,
+) -> AsyncGenerator[AsyncIterator[CallResult]]:
+    """The results of ``result(item)`` for every item, as they complete."""
+    source = _aiter(items)
+    send, receive = anyio.create_memory_object_stream[CallResult](concurrency)
+    pulling = anyio.Lock()
+    stopped_by: list[BaseException] = []
+
+    async def work(out: anyio.abc.ObjectSendStream[CallResult]) -> None:
+        async with out:
+            while True:
+                try:
+                    async with pulling:
+                        item = await anext(source, _END)
+                    if item is _END:
+                        return
+                    outcome = await result(item)
+                except Exception as exc:
+                    # The source failed, or the batch must stop: raised below, unwrapped.
+                    stopped_by.append(exc)
+                    group.cancel_scope.cancel()
+                    return
+                await out.send(outcome)
+
+    body_error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group, receive:
+            for _ in range(concurrency):
+                group.start_soon(work, send.clone())
+            send.close()
+            try:
+                yield receive
+            except BaseException as exc:
+                body_error = exc
+            group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _close_source(source)
+    # Raised here rather than inside the task group, which would wrap them. The
+    # stopping error comes first: the body was cancelled because of it.
+    if stopped_by:
+        raise stopped_by[0]
+    if body_error is not None:
+        raise body_error
+
+
+async def gather_results(
+    items: Iterable[object],
+    *,
+    result: Callable[[object], Awaitable[CallResult]],
+    concurrency: int,
+) -> list[CallResult]:
+    """One result per input position, in input order; each distinct SID looked up once."""
+    items = list(items)
+    distinct = dict.fromkeys(item for item in items if isinstance(item, str))
+    by_sid: dict[str, CallResult] = {}
+    async with stream_results(distinct, result=result, concurrency=concurrency) as results:
+        async for outcome in results:
+            by_sid[outcome.call_sid] = outcome
+    # A non-string is never a SID (and may not be hashable): its result is made here.
+    return [by_sid[item] if isinstance(item, str) else await result(item) for item in items]
+
+
+def _aiter(items: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:
+    if isinstance(items, AsyncIterable):
+        return aiter(items)
+    return _from_sync(iter(items))
+
+
+async def _from_sync(items: Iterator[object]) -> AsyncGenerator[object]:
+    for item in items:
+        yield item
+
+
+async def _close_source(source: AsyncIterator[object]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
