@@ -189,7 +189,14 @@ def report(results: dict[str, object]) -> str:
         lines.append(
             f"| {level} | {ratio['ccm_async / httpx']}x | {ratio['ccm_async+aiohttp / aiohttp']}x |"
         )
-    for name in ("latency_bound", "slow_server", "memory", "economy", "import_time"):
+    for name in (
+        "latency_bound",
+        "slow_server",
+        "memory",
+        "economy",
+        "import_time",
+        "construction",
+    ):
         lines += ["", f"{name}: {json.dumps(results[name])}"]
     return "\n".join(lines)
 
@@ -208,6 +215,7 @@ def main() -> None:
         "memory": lambda: memory(quick),
         "economy": lambda: scenario("economy", *(["--quick"] if quick else [])),
         "import_time": lambda: scenario("import-time", *(["--quick"] if quick else [])),
+        "construction": lambda: scenario("construction", *(["--quick"] if quick else [])),
     }
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -1,4 +1,5 @@
-"""Benchmark scenarios that run inside one process: memory, request economy, import time.
+"""Benchmark scenarios that run inside one process: memory, request economy, import time,
+client construction.
 
     python benchmarks/scenarios.py memory --count 1000000 --base URL
     python benchmarks/scenarios.py economy [--quick]
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 
 from ccm_async import AsyncCcmClient, CcmError, RateLimit
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
@@ -145,9 +147,40 @@ def import_time(runs: int) -> dict[str, object]:
     }
 
 
+async def construction(base: str, count: int) -> dict[str, object]:
+    """A multi-tenant backend's clients: ``count`` built, each used once, and closed;
+    then the memory of ``count`` idle ones (built, never used)."""
+    started = time.perf_counter()
+    for i in range(count):
+        client = AsyncCcmClient(api_key="k", api_token="t", account_sid=f"a{i}")
+        await client.aclose()
+    built_s = time.perf_counter() - started
+    # Each one used once: its pool, and the TLS context, are made on first use.
+    fake = FakeCcm(generate=True)
+    async with fake.serve() as fake_base:
+        started = time.perf_counter()
+        for i in range(count):
+            async with fake.client(base_url=fake_base, http_client=None) as client:
+                await client.get_call(f"s{i}")
+        used_s = time.perf_counter() - started
+    tracemalloc.start()
+    idle = [AsyncCcmClient(api_key="k", api_token="t", account_sid=f"a{i}") for i in range(count)]
+    idle_bytes, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    for client in idle:
+        await client.aclose()
+    return {
+        "scenario": "construction",
+        "clients": count,
+        "built_and_closed_s": round(built_s, 3),
+        "built_used_once_and_closed_s": round(used_s, 3),
+        "idle_kb_per_client": round(idle_bytes / count / 1024, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["memory", "economy", "import-time"])
+    parser.add_argument("scenario", choices=["memory", "economy", "import-time", "construction"])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--base", default="")
     parser.add_argument("--quick", action="store_true")
@@ -156,6 +189,8 @@ def main() -> None:
         result = asyncio.run(memory(args.base, args.count))
     elif args.scenario == "economy":
         result = asyncio.run(economy(args.quick))
+    elif args.scenario == "construction":
+        result = asyncio.run(construction(args.base, 100 if args.quick else 1000))
     else:
         result = import_time(3 if args.quick else 9)
     print(json.dumps(result))

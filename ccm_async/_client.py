@@ -129,6 +129,7 @@ class AsyncCcmClient:
         self._cache = TerminalCache(cache_size)
         self._flights: SingleFlight[CallDetails] = SingleFlight()
         self._group: anyio.abc.TaskGroup | None = None
+        self._owner: int | None = None
         self._policy = retry or _SINGLE_ATTEMPT
         self._budget = RetryBudget(self._policy.budget_tokens, self._policy.budget_refill)
         self._rate_limit = rate_limit
@@ -202,6 +203,7 @@ class AsyncCcmClient:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
+        self._owner = anyio.get_current_task().id
         return self
 
     async def __aexit__(
@@ -210,13 +212,26 @@ class AsyncCcmClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self._close(exit_group=True)
 
     async def aclose(self) -> None:
-        """Cancel lookups still running; close the pool unless the ``http_client`` was yours."""
+        """Cancel lookups still running; close the pool unless the ``http_client`` was yours.
+
+        Lookups and batches running then raise :class:`ClientClosedError`. Called
+        from another task than the one in ``async with``, it cancels and closes
+        at once, and the ``async with`` block's end finishes the job.
+        """
+        owner = self._group is not None and anyio.get_current_task().id == self._owner
+        await self._close(exit_group=owner)
+
+    async def _close(self, *, exit_group: bool) -> None:
         self._closed = True
-        group, self._group = self._group, None
-        if group is not None:
+        # The flights, not the group: the group's scope also holds the body of
+        # the ``async with`` block, which is the owner's to end.
+        self._flights.cancel_all()
+        if self._group is not None and exit_group:
+            # A task group is left by the task that entered it, where it was entered.
+            group, self._group = self._group, None
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
         await self._engine.aclose()
@@ -337,7 +352,7 @@ class AsyncCcmClient:
             raise
         except CcmError as exc:
             return CallResult(call_sid=_sid_of(item, exc), error=exc)
-        return CallResult(call_sid=call.call_sid or str(item), call=call)
+        return CallResult(call_sid=str(item), call=call)  # get_call took it: a str
 
     async def _lookup(self, call_sid: str) -> CallDetails:
         self._follow_the_event_loop()

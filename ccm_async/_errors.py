@@ -166,6 +166,9 @@ def forget_frames(exc: BaseException) -> None:
             continue
         seen.add(id(error))
         traceback.clear_frames(error.__traceback__)
+        if error.__suppress_context__:
+            # Never shown, and a parser's exception there holds the whole document.
+            error.__context__ = None
         pending.extend(link for link in (error.__cause__, error.__context__) if link is not None)
         if isinstance(error, BaseExceptionGroup):
             pending.extend(error.exceptions)

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import anyio
 import anyio.abc
 
+from ccm_async._errors import ClientClosedError
 from ccm_async._models import CallDetails
 
 __all__ = ["SingleFlight", "TerminalCache"]
@@ -41,6 +42,11 @@ class SingleFlight(Generic[_T]):
     def __len__(self) -> int:
         return len(self._flights)
 
+    def cancel_all(self) -> None:
+        """Cancel every flight; their callers raise ClientClosedError."""
+        for flight in self._flights.values():
+            flight.scope.cancel()
+
     async def call(
         self, key: str, work: Callable[[], Awaitable[_T]], group: anyio.abc.TaskGroup | None
     ) -> _T:
@@ -64,7 +70,7 @@ class SingleFlight(Generic[_T]):
         if flight.error is not None:
             raise flight.error
         if flight.result is None:
-            raise RuntimeError("the client was closed during the lookup")
+            raise ClientClosedError("the client was closed during the lookup", call_sid=key)
         return flight.result
 
     async def _leave(self, key: str, flight: _Flight[_T]) -> None:

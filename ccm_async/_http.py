@@ -29,8 +29,8 @@ import contextlib
 import functools
 import ssl
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
-from typing import Final, Literal, NamedTuple, Protocol
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from typing import Final, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -40,6 +40,7 @@ from ccm_async._body import decompress, over_declared_cap, read_capped, too_larg
 from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._errors import (
     CcmError,
+    ClientClosedError,
     ConfigurationError,
     RequestTimeoutError,
     ResponseFormatError,
@@ -93,8 +94,58 @@ def current_loop() -> object:
     return asyncio.get_running_loop()
 
 
-def _timeouts(timeout: httpx.Timeout) -> dict[str, float | None]:
-    return timeout.as_dict()
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+
+
+class PerLoop(Generic[_C]):
+    """One connection holder (a pool, a transport, a client) per event loop.
+
+    Built on first use on a loop; built again, with fresh connections, when used
+    from another loop. The one of a loop is closed by :meth:`aclose` or, if the
+    client was never closed, when that loop ends: asyncio (``asyncio.run``) and
+    trio finalize the async generators still open when a run ends, while the
+    loop still runs, so the holder is closed on its own loop instead of being
+    left to the garbage collector with its sockets open.
+    """
+
+    def __init__(self, build: Callable[[], _C]) -> None:
+        self._build = build
+        self._current: _C | None = None
+        self._loop: object = None
+        self._closer: AsyncGenerator[None] | None = None
+        self._closed = False
+
+    async def get(self) -> _C:
+        """The holder of the running loop; after :meth:`aclose`, ClientClosedError."""
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        loop = current_loop()
+        current = self._current
+        if current is None or loop is not self._loop:
+            current = self._current = self._build()
+            self._loop = loop
+            # Started here, so that this loop's asyncgen hooks know it from now on.
+            self._closer = _closed_with_the_loop(current)
+            await anext(self._closer)
+        return current
+
+    async def aclose(self) -> None:
+        """Close the running loop's holder (another loop's was closed when it ended)."""
+        self._closed = True
+        closer, self._closer, self._current = self._closer, None, None
+        if closer is not None and self._loop is current_loop():
+            await closer.aclose()
+
+
+async def _closed_with_the_loop(holder: _Closable) -> AsyncGenerator[None]:
+    try:
+        yield
+    finally:
+        await holder.aclose()
 
 
 class PoolEngine:
@@ -106,16 +157,9 @@ class PoolEngine:
         self._headers = [(b"host", host.encode("ascii"))] + [
             (name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()
         ]
-        self._extensions = {"timeout": _timeouts(timeout)}
+        self._extensions = {"timeout": timeout.as_dict()}
         self._max_connections = max_connections
-        self._pool: Pool | None = None
-        self._loop: object = None
-
-    def _current_pool(self) -> Pool:
-        loop = current_loop()
-        if self._pool is None or loop is not self._loop:
-            self._pool, self._loop = self._new_pool(), loop
-        return self._pool
+        self._pools = PerLoop(self._new_pool)
 
     def _new_pool(self) -> Pool:
         limits = pool_limits(self._max_connections)
@@ -128,7 +172,7 @@ class PoolEngine:
         )
 
     async def get(self, url: str, call_sid: str) -> Reply:
-        pool = self._current_pool()
+        pool = await self._pools.get()
         request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
         with _failures_as_transport_errors(call_sid):
             response = await pool.handle_async_request(request)
@@ -151,34 +195,46 @@ class PoolEngine:
         )
 
     async def aclose(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None and self._loop is current_loop():
-            await pool.aclose()
+        await self._pools.aclose()
 
 
 class ClientEngine:
-    """Requests through an ``httpx.AsyncClient``: a user's own, or a proxied one of ours."""
+    """Requests through an ``httpx.AsyncClient``: a user's own (left open for its owner,
+    on the loop they use it on), or proxied ones of ours, one per event loop."""
 
     def __init__(
-        self, http_client: httpx.AsyncClient, *, headers: dict[str, str], owned: bool
+        self,
+        http_client: httpx.AsyncClient | PerLoop[httpx.AsyncClient],
+        *,
+        headers: dict[str, str],
     ) -> None:
-        self.http_client = http_client
+        self._clients = http_client
         self._headers = headers
-        self._owned = owned
+        self._closed = False
+
+    async def _client(self) -> httpx.AsyncClient:
+        clients = self._clients
+        if not isinstance(clients, httpx.AsyncClient):
+            return await clients.get()
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        return clients
 
     async def get(self, url: str, call_sid: str) -> Reply:
-        request = self.http_client.build_request("GET", url, headers=self._headers)
+        http_client = await self._client()
+        request = http_client.build_request("GET", url, headers=self._headers)
         with _failures_as_transport_errors(call_sid):
-            response = await self.http_client.send(request, stream=True, follow_redirects=False)
+            response = await http_client.send(request, stream=True, follow_redirects=False)
             return await read_httpx_response(response, call_sid)
 
     async def aclose(self) -> None:
-        if self._owned:
-            await self.http_client.aclose()
+        self._closed = True
+        if isinstance(self._clients, PerLoop):
+            await self._clients.aclose()
 
 
 class TransportEngine:
-    """Requests straight into an httpx transport of ours, built per event loop."""
+    """Requests straight into an httpx transport of ours (aiohttp's), one per event loop."""
 
     def __init__(
         self,
@@ -188,32 +244,22 @@ class TransportEngine:
         timeout: httpx.Timeout,
         asyncio_only: str,
     ) -> None:
-        self._new_transport = new_transport
+        self._transports = PerLoop(new_transport)
         self._headers = headers
-        self._extensions = {"timeout": _timeouts(timeout)}
+        self._extensions = {"timeout": timeout.as_dict()}
         self._asyncio_only = asyncio_only
-        self._transport: httpx.AsyncBaseTransport | None = None
-        self._loop: object = None
-
-    def _current_transport(self) -> httpx.AsyncBaseTransport:
-        if sniffio.current_async_library() != "asyncio":
-            raise ConfigurationError(self._asyncio_only)
-        loop = current_loop()
-        if self._transport is None or loop is not self._loop:
-            self._transport, self._loop = self._new_transport(), loop
-        return self._transport
 
     async def get(self, url: str, call_sid: str) -> Reply:
-        transport = self._current_transport()
+        if sniffio.current_async_library() != "asyncio":
+            raise ConfigurationError(self._asyncio_only)
+        transport = await self._transports.get()
         request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
         with _failures_as_transport_errors(call_sid):
             response = await transport.handle_async_request(request)
             return await read_httpx_response(response, call_sid)
 
     async def aclose(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None and self._loop is current_loop():
-            await transport.aclose()
+        await self._transports.aclose()
 
 
 async def read_httpx_response(response: httpx.Response, call_sid: str) -> Reply:
@@ -286,28 +332,45 @@ def own_engine(
 ) -> Engine:
     """The engine of a client without ``http_client``."""
     if transport == "aiohttp":
-        return TransportEngine(
+        engine = TransportEngine(
             _aiohttp_transport(max_connections),
             headers=headers,
             timeout=timeout,
-            asyncio_only="transport='aiohttp' needs asyncio (aiohttp runs on asyncio only); "
-            "use the default transport under trio",
+            asyncio_only=_AIOHTTP_NEEDS_ASYNCIO,
         )
+        if _running_library() not in (None, "asyncio"):
+            raise ConfigurationError(_AIOHTTP_NEEDS_ASYNCIO)
+        return engine
     if transport != "httpx":
         raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
     if urllib.request.getproxies():
         # Proxies from the environment need httpx's mounts.
-        http_client = httpx.AsyncClient(
-            limits=pool_limits(max_connections), timeout=timeout, verify=default_ssl_context()
+        clients = PerLoop(
+            lambda: httpx.AsyncClient(
+                limits=pool_limits(max_connections), timeout=timeout, verify=default_ssl_context()
+            )
         )
-        return ClientEngine(http_client, headers=headers, owned=True)
+        return ClientEngine(clients, headers=headers)
     host = httpx.URL(base_url).netloc.decode("ascii")
     return PoolEngine(host=host, headers=headers, max_connections=max_connections, timeout=timeout)
 
 
+_AIOHTTP_NEEDS_ASYNCIO: Final = (
+    "transport='aiohttp' needs asyncio (aiohttp runs on asyncio only); "
+    "use the default transport='httpx' under trio"
+)
+
+
+def _running_library() -> str | None:
+    try:
+        return sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return None
+
+
 def client_engine(http_client: httpx.AsyncClient, *, headers: dict[str, str]) -> Engine:
     """The engine of a client given a user's ``http_client`` (left open for its owner)."""
-    return ClientEngine(http_client, headers=headers, owned=False)
+    return ClientEngine(http_client, headers=headers)
 
 
 def _aiohttp_transport(max_connections: int) -> Callable[[], httpx.AsyncBaseTransport]:

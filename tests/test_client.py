@@ -269,8 +269,9 @@ async def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.Mon
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
         engine = client._engine
         assert isinstance(engine, ClientEngine)  # requests go through httpx's proxy mounts
-        proxied = engine.http_client._transport_for_url(httpx.URL(client.base_url))
-        assert proxied is not engine.http_client._transport
+        http_client = await engine._client()
+        proxied = http_client._transport_for_url(httpx.URL(client.base_url))
+        assert proxied is not http_client._transport
     monkeypatch.delenv("HTTPS_PROXY")
     async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
         assert isinstance(client._engine, PoolEngine)
