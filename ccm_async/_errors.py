@@ -24,6 +24,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from typing import Any
 
 __all__ = [
     "ApiError",
@@ -54,6 +55,12 @@ class CcmError(Exception):
         super().__init__(message)
         self.call_sid = call_sid
         self.attempts = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's would call cls(*args), which keyword-only __init__s refuse:
+        # rebuild without __init__, then restore args and every attribute (not the
+        # cause). args go in the state: OSError's __new__ (TimeoutError's) ignores them.
+        return type(self).__new__, (type(self),), {**vars(self), "args": self.args}
 
 
 class ConfigurationError(CcmError, ValueError):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import email.utils
+import inspect
 import json
+import pickle
+from typing import Any
 
 import pytest
 
+import ccm_async
 from ccm_async import (
     ApiError,
     AsyncCcmClient,
@@ -212,3 +217,60 @@ def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00") is None
     assert parse_retry_after(date) is not None
+
+
+ERROR_CLASSES = [
+    getattr(ccm_async, name)
+    for name in ccm_async.__all__
+    if isinstance(getattr(ccm_async, name), type) and issubclass(getattr(ccm_async, name), CcmError)
+]
+ERROR_FIELDS: dict[str, Any] = {
+    "call_sid": "abc123",
+    "http_status": 503,
+    "code": 3042,
+    "message": "Internal Server Error",
+    "description": "try later",
+    "request_id": "r" * 32,
+    "retry_after": 2.5,
+    "last_state": "active",
+}
+
+
+def full_error(cls: type[CcmError]) -> CcmError:
+    """A ``cls`` with every attribute its constructor takes set, raised from a cause."""
+    parameters = inspect.signature(cls).parameters.values()
+    accepted = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    error = cls("summary", **{k: v for k, v in ERROR_FIELDS.items() if k in accepted})
+    error.attempts = 3
+    if isinstance(error, RequestTimeoutError):
+        error.deadline_exceeded = True
+    try:
+        raise error from OSError("cause")
+    except CcmError as raised:
+        return raised
+
+
+def copies(value: object) -> list[object]:
+    protocols = range(pickle.HIGHEST_PROTOCOL + 1)
+    pickled = [pickle.dumps(value, protocol=p) for p in protocols]
+    return [pickle.loads(data) for data in pickled] + [  # noqa: S301 - bytes we just made
+        copy.copy(value),
+        copy.deepcopy(value),
+    ]
+
+
+def assert_same_error(copied: object, error: CcmError) -> None:
+    assert type(copied) is type(error)
+    assert isinstance(copied, CcmError)
+    assert copied.args == error.args
+    assert str(copied) == str(error)
+    assert vars(copied) == vars(error)
+    for name in [*ERROR_FIELDS, "attempts", "deadline_exceeded"]:
+        assert getattr(copied, name, None) == getattr(error, name, None), name
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda cls: cls.__name__)
+def test_errors_survive_pickle_and_copy(cls: type[CcmError]) -> None:
+    error = full_error(cls)
+    for copied in copies(error):
+        assert_same_error(copied, error)
