@@ -17,7 +17,7 @@ from typing import Any, Final
 import attrs
 import httpx
 
-from ccm_async._errors import ConfigurationError, InvalidCallSidError
+from ccm_async._errors import ConfigurationError, InvalidCallSidError, shown
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -95,9 +95,11 @@ def validate_call_sid(call_sid: object) -> str:
     """
     if isinstance(call_sid, str) and _SID.fullmatch(call_sid):
         return call_sid
-    shown = repr(call_sid) if len(repr(call_sid)) <= 80 else repr(call_sid)[:77] + "..."
+    carried = shown(call_sid)
+    quoted = f"'{carried}'" if isinstance(call_sid, str) else carried
     raise InvalidCallSidError(
-        f"invalid call SID {shown}: expected 1-64 characters of letters, digits, '_' and '-'"
+        f"invalid call SID {quoted}: expected 1-64 characters of letters, digits, '_' and '-'",
+        call_sid=carried,
     )
 
 

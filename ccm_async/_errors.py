@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import reprlib
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "WaitTimeoutError",
     "api_error",
     "parse_retry_after",
+    "shown",
 ]
 
 
@@ -231,6 +233,30 @@ def _one_line(text: str, limit: int = 200) -> str:
     words = " ".join(text.split())
     shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in words)
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _bounded_repr(limit: int) -> reprlib.Repr:
+    shorten = reprlib.Repr()
+    shorten.maxstring = shorten.maxother = limit
+    return shorten
+
+
+_SHOWN_LIMIT = 80
+_SHORT_REPR = _bounded_repr(_SHOWN_LIMIT)
+
+
+def shown(value: object) -> str:
+    """A value from a caller or a server as an error may carry it: printable, bounded.
+
+    A string is kept with its non-printable characters escaped; anything else is
+    shown by a repr that stays short however large the value (reprlib's).
+    """
+    text = value if isinstance(value, str) else _SHORT_REPR.repr(value)
+    head = text[: _SHOWN_LIMIT + 1]  # escaping only lengthens: never escape the rest
+    escaped = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
+    if len(text) > _SHOWN_LIMIT or len(escaped) > _SHOWN_LIMIT:
+        return escaped[: _SHOWN_LIMIT - 3] + "..."
+    return escaped
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

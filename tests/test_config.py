@@ -127,6 +127,38 @@ def test_invalid_call_sids(sid: object) -> None:
         validate_call_sid(sid)
 
 
+@pytest.mark.parametrize(
+    ("sid", "carried"),
+    [
+        ("a/b", "a/b"),
+        ("", ""),
+        ("a\nb\x1b[2J", "a\\nb\\x1b[2J"),
+        ("x" * 65, "x" * 65),
+        (None, "None"),
+        (7, "7"),
+        (b"x", "b'x'"),
+        (["a", "b"], "['a', 'b']"),
+    ],
+)
+def test_invalid_call_sid_error_carries_the_sid(sid: object, carried: str) -> None:
+    with pytest.raises(InvalidCallSidError) as info:
+        validate_call_sid(sid)
+    assert info.value.call_sid == carried
+    assert str(info.value).isprintable()
+
+
+@pytest.mark.parametrize("sid", ["\u202e" * 10_000, "y" * 10_000, list(range(10_000))])
+def test_invalid_call_sid_error_carries_a_bounded_sid(sid: object) -> None:
+    with pytest.raises(InvalidCallSidError) as info:
+        validate_call_sid(sid)
+    carried = info.value.call_sid
+    assert carried is not None
+    assert 0 < len(carried) <= 80
+    assert carried.isprintable()
+    assert "..." in carried
+    assert len(str(info.value)) < 200
+
+
 def test_valid_call_sids() -> None:
     for sid in ("72827ead13a355d334338f53af71157s", "A-b_9", "x" * 64):
         assert validate_call_sid(sid) == sid
