@@ -274,3 +274,33 @@ def test_errors_survive_pickle_and_copy(cls: type[CcmError]) -> None:
     error = full_error(cls)
     for copied in copies(error):
         assert_same_error(copied, error)
+
+
+def success_body(**data: object) -> bytes:
+    return json.dumps({"response": {"status": "success", "code": 200, "data": data}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("server_sid", "shown"),
+    [
+        ("other", "'other'"),
+        ("ABC123", "'ABC123'"),
+        ("s" * 5000, "'" + "s" * 70),
+        ("\n\x1b[2J\u202e", "'\\n\\x1b[2J\\u202e'"),
+        (123, "'123'"),
+    ],
+)
+def test_a_body_about_another_call_is_a_format_error(server_sid: object, shown: str) -> None:
+    with pytest.raises(ResponseFormatError) as info:
+        decode_response(200, success_body(call_sid=server_sid), call_sid="abc123")
+    message = str(info.value)
+    assert "abc123" in message
+    assert shown in message
+    assert message.isprintable()
+    assert len(message) < 300
+    assert info.value.call_sid == "abc123"
+
+    # The same body is the call when its SID is the one asked for, null or missing.
+    for accepted in ({"call_sid": "abc123"}, {"call_sid": None}, {}):
+        call = decode_response(200, success_body(**accepted), call_sid="abc123")
+        assert call.call_sid == accepted.get("call_sid")
