@@ -202,13 +202,45 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         assert min(waits) < ceiling * 0.1
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"attempts": 0}, {"attempts": 21}, {"timeout": 0}, {"wait_max": -1}, {"budget_tokens": 1}],
+    [
+        {"attempts": 0},
+        {"attempts": 21},
+        {"timeout": 0},
+        {"wait_max": -1},
+        {"budget_tokens": 1},
+        {"attempts": 2.5},
+        {"attempts": 3.0},
+        {"attempts": True},
+        {"attempts": NAN},
+        {"attempts": "3"},
+        {"wait_initial": True},
+        {"wait_initial": NAN},
+        {"wait_max": INF},
+        {"timeout": False},
+        {"timeout": NAN},
+        {"timeout": INF},
+        {"budget_tokens": True},
+        {"budget_tokens": INF},
+        {"budget_refill": NAN},
+        {"budget_refill": INF},
+        {"budget_refill": False},
+    ],
 )
 def test_policy_bounds(options: dict[str, float]) -> None:
-    with pytest.raises(ConfigurationError):
+    [name] = options
+    with pytest.raises(ConfigurationError, match=rf"^RetryPolicy\.{name} must be"):
         RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_policy_attempts_message_names_the_field_and_range() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RetryPolicy(attempts=2.5)  # type: ignore[arg-type]
+    assert str(info.value) == "RetryPolicy.attempts must be an integer from 1 to 20"
 
 
 async def test_lookup_deadline_bounds_a_server_that_never_answers() -> None:
