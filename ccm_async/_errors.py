@@ -166,8 +166,9 @@ def error_class(status: int) -> type[ApiError]:
         return AuthenticationError
     if status == 429:
         return RateLimitError
-    if status >= 500:
+    if 500 <= status <= 599:
         return ServerError
+    # Not a 5xx: 600 and up (or under 100) is no HTTP status class; never retried.
     return ApiError
 
 

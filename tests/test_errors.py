@@ -27,7 +27,8 @@ from ccm_async import (
     TransportError,
 )
 from ccm_async._convert import decode_response
-from ccm_async._errors import parse_retry_after
+from ccm_async._errors import error_class, parse_retry_after
+from ccm_async._retry import is_retryable
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
 pytestmark = pytest.mark.anyio
@@ -304,3 +305,27 @@ def test_a_body_about_another_call_is_a_format_error(server_sid: object, shown: 
     for accepted in ({"call_sid": "abc123"}, {"call_sid": None}, {}):
         call = decode_response(200, success_body(**accepted), call_sid="abc123")
         assert call.call_sid == accepted.get("call_sid")
+
+
+@pytest.mark.parametrize("status", [600, 700, 999])
+def test_a_status_of_600_or_more_is_a_plain_api_error(status: int) -> None:
+    assert error_class(status) is ApiError
+    for body in (b"<html>oops</html>", json.dumps({"response": {"status": "failure"}}).encode()):
+        with pytest.raises(ApiError) as info:
+            decode_response(status, body, call_sid="abc")
+        assert type(info.value) is ApiError
+        assert info.value.http_status == status
+        assert not is_retryable(info.value)
+    assert error_class(599) is ServerError
+    assert error_class(99) is error_class(-1) is ApiError
+
+
+@pytest.mark.parametrize("code", [600, 999, 99])
+def test_an_envelope_code_outside_4xx_5xx_leaves_the_http_status_to_decide(code: int) -> None:
+    body = {"response": {"status": "failure", "code": code, "error_data": {"code": 1}}}
+    with pytest.raises(ApiError) as info:
+        decode_response(503, json.dumps(body).encode(), call_sid="abc")
+    assert type(info.value) is ServerError
+    with pytest.raises(ApiError) as info:
+        decode_response(600, json.dumps(body).encode(), call_sid="abc")
+    assert type(info.value) is ApiError
