@@ -208,8 +208,8 @@ def test_exception_tree() -> None:
 def test_retry_after_seconds_and_dates() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("5") == 5.0
-    assert parse_retry_after(" 1.5 ") == 1.5
-    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after(" 1.5 ") is None
+    assert parse_retry_after("-3") is None
     assert parse_retry_after("soon") is None
     assert parse_retry_after("nan") is None
     now = 1_700_000_000.0
@@ -305,6 +305,97 @@ def test_a_body_about_another_call_is_a_format_error(server_sid: object, shown: 
     for accepted in ({"call_sid": "abc123"}, {"call_sid": None}, {}):
         call = decode_response(200, success_body(**accepted), call_sid="abc123")
         assert call.call_sid == accepted.get("call_sid")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        ("120", 120.0),
+        (" 7\t", 7.0),
+        ("007", 7.0),
+        ("9" * 5000, 1e9),
+        ("0" * 5000 + "3", 3.0),
+        ("1000000001", 1e9),
+    ],
+)
+def test_retry_after_delay_seconds_are_ascii_digits(value: str, seconds: float) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        " ",
+        "1_0",
+        "\u0661\u0660",  # Arabic-Indic digits: int() takes them, RFC 9110 does not
+        "\uff15",  # a fullwidth 5
+        "1e3",
+        "nan",
+        "inf",
+        "-5",
+        "+5",
+        "1.5",
+        "0x10",
+        "1 0",
+        "5s",
+        "\u00a05",  # no-break space is not HTTP whitespace
+    ],
+)
+def test_retry_after_refuses_what_is_not_delay_seconds(value: str) -> None:
+    assert parse_retry_after(value) is None
+
+
+NOW = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT, RFC 9110's example
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),
+        ("Sun, 06 Nov 1994 08:50:07 GMT", 30.0),
+        ("Sunday, 06-Nov-94 08:50:07 GMT", 30.0),  # RFC 850
+        ("Sun Nov  6 08:50:07 1994", 30.0),  # asctime, which is GMT
+        ("Wed Nov 16 08:49:37 1994", 864_000.0),
+        ("Sat, 05 Nov 1994 08:49:37 GMT", 0.0),  # in the past
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),
+        ("Sun, 06 Nov 1994 08:49:60 GMT", 23.0),  # a leap second
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 1e9),
+    ],
+)
+def test_retry_after_http_dates(value: str, seconds: float) -> None:
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Sun, 06 Nov 1994 08:50:07",  # IMF-fixdate needs GMT
+        "Sun, 06 Nov 1994 08:50:07 +0000",
+        "Sun, 06 Nov 1994 08:50:07 -0000",
+        "Sun, 06 Nov 1994 08:50:07 PST",
+        "sun, 06 nov 1994 08:50:07 gmt",  # HTTP-date is case-sensitive
+        "Sun, 6 Nov 1994 08:50:07 GMT",
+        "Sun, 31 Feb 1994 08:50:07 GMT",
+        "Sun, 06 Nov 1994 24:00:00 GMT",
+        "Sun, 06 Nov 1994 08:60:00 GMT",
+        "Sun, 06 Nov 1994 08:50:61 GMT",
+        "Sun, \u0660\u0666 Nov 1994 08:50:07 GMT",
+        "Sun Nov 6 08:50:07 1994",
+        "Sunday, 06-Nov-1994 08:50:07 GMT",
+        "1994-11-06T08:50:07Z",
+    ],
+)
+def test_retry_after_refuses_what_is_not_an_http_date(value: str) -> None:
+    assert parse_retry_after(value, now=NOW) is None
+
+
+def test_rfc850_two_digit_years_are_at_most_50_years_ahead() -> None:
+    in_2025 = 1_750_000_000.0  # June 2025
+    # 2070 is 45 years ahead (a Monday); 2080 would be 55 ahead, so "80" is 1980 (past).
+    assert parse_retry_after("Monday, 06-Jan-70 00:00:00 GMT", now=in_2025) == 1e9
+    assert parse_retry_after("Sunday, 06-Jan-80 00:00:00 GMT", now=in_2025) == 0.0
 
 
 @pytest.mark.parametrize("status", [600, 700, 999])

@@ -46,7 +46,7 @@ RETRIED = [
     pytest.param(Fault.html(503), ServerError, id="html-503"),
     pytest.param(Fault.html(504), ServerError, id="html-504"),
     pytest.param(Fault.rate_limited(), RateLimitError, id="429"),
-    pytest.param(Fault.rate_limited(retry_after=0.01), RateLimitError, id="429-retry-after"),
+    pytest.param(Fault.rate_limited(retry_after=1), RateLimitError, id="429-retry-after"),
 ]
 
 NOT_RETRIED = [
@@ -272,7 +272,7 @@ async def test_queueing_for_a_first_slot_does_not_count() -> None:
 
 async def test_no_slot_is_held_while_waiting() -> None:
     fake = FakeCcm(generate=True)
-    fake.fail("flaky", Fault.html(503, retry_after=0.3), times=1)
+    fake.fail("flaky", Fault.html(503, retry_after=1), times=1)
     async with fake.client(max_concurrency=1) as client:
         order: list[str] = []
 
@@ -393,7 +393,7 @@ async def test_configured_rate_limit_is_a_sliding_window() -> None:
 
 async def test_retry_after_on_429_pauses_the_whole_client() -> None:
     fake = FakeCcm(generate=True)
-    fake.fail("s1", Fault.rate_limited(retry_after=0.2), times=1)
+    fake.fail("s1", Fault.rate_limited(retry_after=1), times=1)
     async with fake.client(retry=None) as client:
         with pytest.raises(RateLimitError):
             await client.get_call("s1")
