@@ -28,6 +28,7 @@ from ccm_async._config import (
     DEFAULT_TIMEOUT,
     Credentials,
     Region,
+    check_timeout,
     resolve_base_url,
     settings_from_env,
     validate_call_sid,
@@ -109,6 +110,7 @@ class AsyncCcmClient:
         transport: Literal["httpx", "aiohttp"] = "httpx",
     ) -> None:
         credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
+        timeout = check_timeout(timeout)
         _check_count("max_concurrency", max_concurrency, _MAX_CONCURRENCY_LIMIT)
         _check_count("cache_size", cache_size, 10_000_000, low=0)
         self._base_url = resolve_base_url(region, base_url)

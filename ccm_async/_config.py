@@ -12,18 +12,19 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import attrs
 import httpx
 
-from ccm_async._errors import ConfigurationError, InvalidCallSidError
+from ccm_async._errors import ConfigurationError, InvalidCallSidError, shown
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_BODY_BYTES",
     "Credentials",
     "Region",
+    "check_timeout",
     "resolve_base_url",
     "settings_from_env",
     "validate_call_sid",
@@ -34,6 +35,9 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 
 DEFAULT_TIMEOUT: Final = httpx.Timeout(10.0, connect=5.0, pool=30.0)
 """httpx's per-request timeouts: connect 5 s, read and write 10 s, pool 30 s."""
+
+_TIMEOUT_RANGE: Final = (0.001, 3600.0)
+"""Seconds an httpx timeout may be: as long as a lookup's longest deadline, never unbounded."""
 
 _SID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HEADER_SAFE: Final = re.compile(r"[\x21-\x7e]+")
@@ -68,6 +72,9 @@ class Credentials:
     def __attrs_post_init__(self) -> None:
         _check_header_safe(self.api_key, "api_key")
         _check_header_safe(self.api_token, "api_token")
+        if ":" in self.api_key:
+            # HTTP Basic splits "key:token" at the first ':'; only the token may hold one.
+            raise ConfigurationError("api_key must not contain ':' (HTTP Basic cannot carry it)")
         if not isinstance(self.account_sid, str) or not _SID.fullmatch(self.account_sid):
             raise ConfigurationError(
                 "account_sid must be 1-64 characters of letters, digits, '_' and '-'"
@@ -95,10 +102,47 @@ def validate_call_sid(call_sid: object) -> str:
     """
     if isinstance(call_sid, str) and _SID.fullmatch(call_sid):
         return call_sid
-    shown = repr(call_sid) if len(repr(call_sid)) <= 80 else repr(call_sid)[:77] + "..."
+    carried = shown(call_sid)
+    quoted = f"'{carried}'" if isinstance(call_sid, str) else carried
     raise InvalidCallSidError(
-        f"invalid call SID {shown}: expected 1-64 characters of letters, digits, '_' and '-'"
+        f"invalid call SID {quoted}: expected 1-64 characters of letters, digits, '_' and '-'",
+        call_sid=carried,
     )
+
+
+def check_timeout(value: object) -> httpx.Timeout:
+    """httpx's per-request timeouts from ``timeout=``: seconds, or an ``httpx.Timeout``.
+
+    Every phase (connect, read, write, pool) must be bounded: a None, zero, negative,
+    NaN or infinite component is refused, naming it.
+    """
+    if isinstance(value, httpx.Timeout):
+        for phase, seconds in value.as_dict().items():
+            _check_seconds(seconds, f"timeout.{phase}")
+        return value
+    if not _is_number(value):
+        raise ConfigurationError(
+            f"timeout must be {_seconds_range()} or an httpx.Timeout, got {type(value).__name__}"
+        )
+    _check_seconds(value, "timeout")
+    return httpx.Timeout(value)
+
+
+def _check_seconds(value: object, name: str) -> None:
+    low, high = _TIMEOUT_RANGE
+    # The comparison is False for NaN, and an infinity is out of range.
+    if not _is_number(value) or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be {_seconds_range()}, got {value!r:.40}")
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    # A bool is an int to Python, never a number of seconds to a user.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _seconds_range() -> str:
+    low, high = _TIMEOUT_RANGE
+    return f"a number of seconds from {low:g} to {high:g}"
 
 
 def resolve_base_url(region: Region | str, base_url: str | None) -> str:
@@ -117,6 +161,8 @@ def resolve_base_url(region: Region | str, base_url: str | None) -> str:
         raise ConfigurationError(f"base_url is not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError("base_url must be an absolute http(s) URL")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ConfigurationError(f"base_url has port {url.port}: a port is from 1 to 65535")
     if url.userinfo or url.query or url.fragment:
         raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
     if url.scheme == "http" and not _is_loopback(url.host):

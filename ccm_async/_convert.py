@@ -19,7 +19,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.v import format_exception
 
-from ccm_async._errors import ApiError, ResponseFormatError, api_error
+from ccm_async._errors import ApiError, ResponseFormatError, api_error, shown
 from ccm_async._models import (
     AgentDetails,
     CallDetails,
@@ -191,7 +191,8 @@ def decode_response(
 
     The envelope's ``response.status`` and ``response.code`` decide when the body
     is the envelope (an HTTP 200 can carry an error); the HTTP status decides when
-    it is not (a gateway's HTML page).
+    it is not (a gateway's HTML page). A call whose ``call_sid`` is not the one
+    asked for is a :class:`ResponseFormatError`, never returned.
     """
     try:
         return _decode(http_status, body, call_sid=call_sid, retry_after=retry_after)
@@ -221,7 +222,7 @@ def _decode(
         data = response.get("data")
         if data is None:
             raise ResponseFormatError("successful response without data")
-        return structure_call(data, path="$.response.data")
+        return _the_call_asked_for(structure_call(data, path="$.response.data"), call_sid)
     raise _envelope_error(
         document=document,
         response=response,
@@ -230,6 +231,17 @@ def _decode(
         call_sid=call_sid,
         retry_after=retry_after,
     )
+
+
+def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:
+    # A cache or proxy in front of the API that mixed up answers must not hand
+    # one call's details to another call's lookup. A null SID is the API's right.
+    if call.call_sid is not None and call.call_sid != call_sid:
+        raise ResponseFormatError(
+            f"response is about call '{shown(call.call_sid)}', "
+            f"not the requested '{shown(call_sid)}'"
+        )
+    return call
 
 
 def _envelope_error(

@@ -22,10 +22,12 @@ when it is not (a load balancer's HTML page), the HTTP status does.
 
 from __future__ import annotations
 
-import email.utils
-import math
+import datetime as dt
+import re
+import reprlib
 import time
 import traceback
+from typing import Any, Final
 
 __all__ = [
     "ApiError",
@@ -44,6 +46,7 @@ __all__ = [
     "api_error",
     "forget_frames",
     "parse_retry_after",
+    "shown",
 ]
 
 
@@ -58,6 +61,12 @@ class CcmError(Exception):
         super().__init__(message)
         self.call_sid = call_sid
         self.attempts = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's would call cls(*args), which keyword-only __init__s refuse:
+        # rebuild without __init__, then restore args and every attribute (not the
+        # cause). args go in the state: OSError's __new__ (TimeoutError's) ignores them.
+        return type(self).__new__, (type(self),), {**vars(self), "args": self.args}
 
 
 class ConfigurationError(CcmError, ValueError):
@@ -188,8 +197,9 @@ def error_class(status: int) -> type[ApiError]:
         return AuthenticationError
     if status == 429:
         return RateLimitError
-    if status >= 500:
+    if 500 <= status <= 599:
         return ServerError
+    # Not a 5xx: 600 and up (or under 100) is no HTTP status class; never retried.
     return ApiError
 
 
@@ -257,24 +267,107 @@ def _one_line(text: str, limit: int = 200) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date).
+def _bounded_repr(limit: int) -> reprlib.Repr:
+    shorten = reprlib.Repr()
+    shorten.maxstring = shorten.maxother = limit
+    return shorten
 
-    Returns None when absent or unparseable; never negative.
+
+_SHOWN_LIMIT = 80
+_SHORT_REPR = _bounded_repr(_SHOWN_LIMIT)
+
+
+def shown(value: object) -> str:
+    """A value from a caller or a server as an error may carry it: printable, bounded.
+
+    A string is kept with its non-printable characters escaped; anything else is
+    shown by a repr that stays short however large the value (reprlib's).
+    """
+    text = value if isinstance(value, str) else _SHORT_REPR.repr(value)
+    head = text[: _SHOWN_LIMIT + 1]  # escaping only lengthens: never escape the rest
+    escaped = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
+    if len(text) > _SHOWN_LIMIT or len(escaped) > _SHOWN_LIMIT:
+        return escaped[: _SHOWN_LIMIT - 3] + "..."
+    return escaped
+
+
+_LONGEST_RETRY_AFTER: Final = 1e9
+"""Seconds: a longer Retry-After (a huge number, a date centuries ahead) is capped here."""
+
+# RFC 9110 section 10.2.3: Retry-After = HTTP-date / delay-seconds, delay-seconds = 1*DIGIT.
+# Explicit [0-9]: int() and float() also take "1_0", "1e3", "+5" and other scripts' digits.
+_DELAY_SECONDS: Final = re.compile(r"0*([0-9]+)")
+
+# RFC 9110 section 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms,
+# all in GMT. HTTP-date is case-sensitive.
+_MONTHS: Final = (
+    *("Jan", "Feb", "Mar", "Apr", "May", "Jun"),
+    *("Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+)
+_DAY: Final = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY: Final = r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH: Final = rf"(?P<month>{'|'.join(_MONTHS)})"
+_TIME: Final = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+_IMF_FIXDATE: Final = rf"{_DAY}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT"
+_RFC850_DATE: Final = rf"{_LONG_DAY}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT"
+_ASCTIME_DATE: Final = rf"{_DAY} {_MONTH} (?P<day>[0-9]{{2}}| [0-9]) {_TIME} (?P<year>[0-9]{{4}})"
+_HTTP_DATES: Final = tuple(map(re.compile, (_IMF_FIXDATE, _RFC850_DATE, _ASCTIME_DATE)))
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value, as RFC 9110 defines it.
+
+    Either delay-seconds (ASCII digits only) or an HTTP-date (IMF-fixdate, or the
+    obsolete RFC 850 and asctime forms); a date in the past is 0. Returns None when
+    absent or invalid; the result is at most 1e9 seconds.
     """
     if value is None:
         return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
+    value = value.strip(" \t")  # HTTP whitespace only
+    delay = _DELAY_SECONDS.fullmatch(value)
+    if delay:
+        digits = delay[1]
+        if len(digits) > 10:  # past the cap; int() would refuse more than 4300 digits
+            return _LONGEST_RETRY_AFTER
+        return min(float(digits), _LONGEST_RETRY_AFTER)
+    now = time.time() if now is None else now
+    when = _http_date(value, now)
+    if when is None:
         return None
-    return max(seconds, 0.0)
+    return min(max(when - now, 0.0), _LONGEST_RETRY_AFTER)
+
+
+def _http_date(value: str, now: float) -> float | None:
+    """The POSIX time of an HTTP-date, or None when ``value`` is not one."""
+    match = next((m for form in _HTTP_DATES if (m := form.fullmatch(value))), None)
+    if match is None:
+        return None
+    year = int(match["year"])
+    if len(match["year"]) == 2:
+        year = _rfc850_year(year, now)
+    second = int(match["second"])
+    if second > 60:
+        return None
+    try:
+        minute = dt.datetime(
+            year,
+            _MONTHS.index(match["month"]) + 1,
+            int(match["day"]),
+            int(match["hour"]),
+            int(match["minute"]),
+            tzinfo=dt.UTC,
+        )
+    except ValueError:  # 31 Feb, hour 24, minute 60
+        return None
+    return minute.timestamp() + second  # a leap second (:60) is the next minute's first
+
+
+def _rfc850_year(two_digits: int, now: float) -> int:
+    # RFC 9110: a two-digit year more than 50 years ahead is the latest such year past.
+    this_year = dt.datetime.fromtimestamp(now, dt.UTC).year
+    year = this_year - this_year % 100 + two_digits
+    if year > this_year + 50:
+        return year - 100
+    if year <= this_year - 50:
+        return year + 100
+    return year

@@ -46,10 +46,20 @@ _RETRY_AFTER_CAP: Final = 60.0
 _instant = False
 
 
-def _bounded(low: float, high: float) -> Callable[[object, attrs.Attribute[Any], Any], None]:
-    def check(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, int | float) or not (low <= value <= high):
-            raise ConfigurationError(f"{attribute.name} must be from {low:g} to {high:g}")
+def _bounded(
+    low: float, high: float, *, integer: bool = False
+) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    kinds = int if integer else int | float
+    kind = "an integer" if integer else "a number"
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        # A bool is an int to Python, never a count or a number of seconds to a user;
+        # NaN fails the comparison and an infinity is out of every range.
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+            raise ConfigurationError(
+                f"{type(instance).__name__}.{attribute.name} must be {kind} "
+                f"from {low:g} to {high:g}"
+            )
 
     return check
 
@@ -80,7 +90,7 @@ class RetryPolicy:
         budget_refill: tokens a successful attempt gives back.
     """
 
-    attempts: int = attrs.field(default=4, validator=_bounded(1, 20))
+    attempts: int = attrs.field(default=4, validator=_bounded(1, 20, integer=True))
     wait_initial: float = attrs.field(default=0.25, validator=_bounded(0.0, 60.0))
     wait_max: float = attrs.field(default=8.0, validator=_bounded(0.0, 300.0))
     timeout: float = attrs.field(default=30.0, validator=_bounded(0.001, 3600.0))

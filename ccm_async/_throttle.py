@@ -81,9 +81,16 @@ class RateLimit:
     per: float = 60.0
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.requests, int) or not 1 <= self.requests <= 1_000_000:
+        # A bool is an int to Python, never a count or a number of seconds to a user;
+        # NaN fails the comparison and an infinity is out of range.
+        requests, per = self.requests, self.per
+        if (
+            isinstance(requests, bool)
+            or not isinstance(requests, int)
+            or not 1 <= requests <= 1_000_000
+        ):
             raise ConfigurationError("RateLimit.requests must be an integer from 1 to 1000000")
-        if not isinstance(self.per, int | float) or not 0.001 <= self.per <= 86_400:
+        if isinstance(per, bool) or not isinstance(per, int | float) or not 0.001 <= per <= 86_400:
             raise ConfigurationError("RateLimit.per must be from 0.001 to 86400 seconds")
 
 

@@ -240,7 +240,7 @@ def encoded_app(encoding: bytes, body: bytes) -> Any:
 async def get_from(app: Any, **http_options: Any) -> CallDetails:
     """Look up one call from an ASGI ``app`` standing in for the API (single attempt)."""
     async with stand_in_client(app, http_options=http_options, retry=None) as client:
-        return await client.get_call("abc")
+        return await client.get_call(SAMPLE_SID)
 
 
 async def test_gzip_body_is_decoded(sample_response: dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 
+import httpx
 import pytest
 
 from ccm_async import (
@@ -50,10 +52,15 @@ async def test_regions() -> None:
         "https://user:pass@example.com",
         "https://example.com/?x=1",
         "http://[::1",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:65536",
+        "http://127.0.0.1:0",
+        "https://x.test:0/",
+        "http://127.0.0.1:-1",
     ],
 )
 def test_bad_base_urls(url: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="base_url"):
         make(base_url=url)
 
 
@@ -76,12 +83,52 @@ async def test_good_base_urls(url: str) -> None:
         ("account_sid", ""),
         ("max_concurrency", 0),
         ("max_concurrency", 100_000),
+        ("api_key", "key:with-colon"),
+        ("api_key", ":"),
     ],
 )
 def test_invalid_settings(option: str, value: object) -> None:
     with pytest.raises(ConfigurationError) as info:
         make(**{option: value})
+    assert str(info.value).startswith(option)
     assert TOKEN not in str(info.value)
+
+
+def test_only_the_token_may_hold_a_colon() -> None:
+    # HTTP Basic splits "key:token" at the first colon: a key cannot carry one.
+    with pytest.raises(ConfigurationError, match=r"^api_key .*':'"):
+        Credentials(api_key="a:b", api_token=TOKEN, account_sid="acct1")
+    credentials = Credentials(api_key=KEY, api_token="to:ken", account_sid="acct1")
+    assert credentials.authorization() == "Basic " + base64.b64encode(b"key-public:to:ken").decode()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "named"),
+    [
+        (-1, "timeout"),
+        (0, "timeout"),
+        (0.0, "timeout"),
+        (float("nan"), "timeout"),
+        (float("inf"), "timeout"),
+        (1e9, "timeout"),
+        (True, "timeout"),
+        ("5", "timeout"),
+        (None, "timeout"),
+        ((5.0, 5.0, 5.0, 5.0), "timeout"),
+        (httpx.Timeout(None), "timeout.connect"),
+        (httpx.Timeout(5.0, connect=None), "timeout.connect"),
+        (httpx.Timeout(5.0, read=None), "timeout.read"),
+        (httpx.Timeout(5.0, write=-1), "timeout.write"),
+        (httpx.Timeout(5.0, pool=0), "timeout.pool"),
+        (httpx.Timeout(5.0, read=float("nan")), "timeout.read"),
+        (httpx.Timeout(5.0, connect=float("inf")), "timeout.connect"),
+        (httpx.Timeout(5.0, pool=True), "timeout.pool"),
+        (httpx.Timeout(5.0, write="1"), "timeout.write"),  # type: ignore[arg-type]
+    ],
+)
+def test_unbounded_or_nonsense_timeouts_are_refused(timeout: object, named: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{re.escape(named)} must be"):
+        make(timeout=timeout)
 
 
 def test_from_env() -> None:
@@ -125,6 +172,38 @@ def test_credentials_hide_the_token() -> None:
 def test_invalid_call_sids(sid: object) -> None:
     with pytest.raises(InvalidCallSidError):
         validate_call_sid(sid)
+
+
+@pytest.mark.parametrize(
+    ("sid", "carried"),
+    [
+        ("a/b", "a/b"),
+        ("", ""),
+        ("a\nb\x1b[2J", "a\\nb\\x1b[2J"),
+        ("x" * 65, "x" * 65),
+        (None, "None"),
+        (7, "7"),
+        (b"x", "b'x'"),
+        (["a", "b"], "['a', 'b']"),
+    ],
+)
+def test_invalid_call_sid_error_carries_the_sid(sid: object, carried: str) -> None:
+    with pytest.raises(InvalidCallSidError) as info:
+        validate_call_sid(sid)
+    assert info.value.call_sid == carried
+    assert str(info.value).isprintable()
+
+
+@pytest.mark.parametrize("sid", ["\u202e" * 10_000, "y" * 10_000, list(range(10_000))])
+def test_invalid_call_sid_error_carries_a_bounded_sid(sid: object) -> None:
+    with pytest.raises(InvalidCallSidError) as info:
+        validate_call_sid(sid)
+    carried = info.value.call_sid
+    assert carried is not None
+    assert 0 < len(carried) <= 80
+    assert carried.isprintable()
+    assert "..." in carried
+    assert len(str(info.value)) < 200
 
 
 def test_valid_call_sids() -> None:

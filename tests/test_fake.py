@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from ccm_async import CallDetails, ServerError
+from ccm_async import CallDetails, RateLimit, RateLimitError, ServerError
 from ccm_async.testing import FakeCcm, Fault
 
 pytestmark = pytest.mark.anyio
@@ -132,3 +132,14 @@ async def test_lifespan_and_other_scopes() -> None:
         "lifespan.shutdown.complete",
     ]
     assert fake.request_count == 0
+
+
+async def test_rate_limit_retry_after_is_whole_seconds_the_client_reads() -> None:
+    fake = FakeCcm(
+        generate=True, rate_limit=RateLimit(requests=1, per=0.2), rate_limit_retry_after=True
+    )
+    async with fake.client(retry=None) as client:
+        await client.get_call("s1")
+        with pytest.raises(RateLimitError) as info:
+            await client.get_call("s2")
+    assert info.value.retry_after == 1.0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import enum
 import json
+import pickle
 from typing import Any
 
 import attrs
@@ -15,6 +17,8 @@ from hypothesis import strategies as st
 from ccm_async import (
     AgentDetails,
     CallDetails,
+    CallNotFoundError,
+    CallResult,
     CallState,
     CallStatus,
     CustomerDetails,
@@ -23,6 +27,7 @@ from ccm_async import (
     ResponseFormatError,
 )
 from ccm_async._convert import decode_response, loads, structure_call, unstructure_call
+from ccm_async._errors import api_error
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
 
@@ -264,3 +269,30 @@ def test_round_trip_through_json(call: CallDetails) -> None:
 def test_unstructure_is_the_api_shape(sample_response: dict[str, Any]) -> None:
     data = sample_response["response"]["data"]
     assert json.loads(json.dumps(unstructure_call(structure_call(data)))) == data
+
+
+def round_trips(value: object) -> list[object]:
+    protocols = range(pickle.HIGHEST_PROTOCOL + 1)
+    pickled = [pickle.dumps(value, protocol=p) for p in protocols]
+    return [pickle.loads(data) for data in pickled] + [  # noqa: S301 - bytes we just made
+        copy.copy(value),
+        copy.deepcopy(value),
+    ]
+
+
+def test_call_results_survive_pickle_and_copy(sample_response: dict[str, Any]) -> None:
+    found = CallResult(call_sid="s1", call=structure_call(sample_response["response"]["data"]))
+    for copied in round_trips(found):
+        assert copied == found
+    error = api_error(
+        http_status=404, status=404, code=3043, message="gone", request_id="r1", call_sid="s2"
+    )
+    error.attempts = 2
+    failed = CallResult(call_sid="s2", error=error)
+    for copied in round_trips(failed):
+        assert isinstance(copied, CallResult)
+        assert (copied.call_sid, copied.call) == ("s2", None)
+        # Exceptions compare by identity: compare what they carry.
+        assert type(copied.error) is CallNotFoundError
+        assert str(copied.error) == str(error)
+        assert vars(copied.error) == vars(error)

@@ -46,7 +46,7 @@ RETRIED = [
     pytest.param(Fault.html(503), ServerError, id="html-503"),
     pytest.param(Fault.html(504), ServerError, id="html-504"),
     pytest.param(Fault.rate_limited(), RateLimitError, id="429"),
-    pytest.param(Fault.rate_limited(retry_after=0.01), RateLimitError, id="429-retry-after"),
+    pytest.param(Fault.rate_limited(retry_after=1), RateLimitError, id="429-retry-after"),
 ]
 
 NOT_RETRIED = [
@@ -202,13 +202,45 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         assert min(waits) < ceiling * 0.1
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"attempts": 0}, {"attempts": 21}, {"timeout": 0}, {"wait_max": -1}, {"budget_tokens": 1}],
+    [
+        {"attempts": 0},
+        {"attempts": 21},
+        {"timeout": 0},
+        {"wait_max": -1},
+        {"budget_tokens": 1},
+        {"attempts": 2.5},
+        {"attempts": 3.0},
+        {"attempts": True},
+        {"attempts": NAN},
+        {"attempts": "3"},
+        {"wait_initial": True},
+        {"wait_initial": NAN},
+        {"wait_max": INF},
+        {"timeout": False},
+        {"timeout": NAN},
+        {"timeout": INF},
+        {"budget_tokens": True},
+        {"budget_tokens": INF},
+        {"budget_refill": NAN},
+        {"budget_refill": INF},
+        {"budget_refill": False},
+    ],
 )
 def test_policy_bounds(options: dict[str, float]) -> None:
-    with pytest.raises(ConfigurationError):
+    [name] = options
+    with pytest.raises(ConfigurationError, match=rf"^RetryPolicy\.{name} must be"):
         RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_policy_attempts_message_names_the_field_and_range() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RetryPolicy(attempts=2.5)  # type: ignore[arg-type]
+    assert str(info.value) == "RetryPolicy.attempts must be an integer from 1 to 20"
 
 
 async def test_lookup_deadline_bounds_a_server_that_never_answers() -> None:
@@ -240,7 +272,7 @@ async def test_queueing_for_a_first_slot_does_not_count() -> None:
 
 async def test_no_slot_is_held_while_waiting() -> None:
     fake = FakeCcm(generate=True)
-    fake.fail("flaky", Fault.html(503, retry_after=0.3), times=1)
+    fake.fail("flaky", Fault.html(503, retry_after=1), times=1)
     async with fake.client(max_concurrency=1) as client:
         order: list[str] = []
 
@@ -361,7 +393,7 @@ async def test_configured_rate_limit_is_a_sliding_window() -> None:
 
 async def test_retry_after_on_429_pauses_the_whole_client() -> None:
     fake = FakeCcm(generate=True)
-    fake.fail("s1", Fault.rate_limited(retry_after=0.2), times=1)
+    fake.fail("s1", Fault.rate_limited(retry_after=1), times=1)
     async with fake.client(retry=None) as client:
         with pytest.raises(RateLimitError):
             await client.get_call("s1")

@@ -90,8 +90,17 @@ async def test_adaptive_rate_ignores_a_sprinkle_and_reacts_to_a_flood() -> None:
 
 
 @pytest.mark.parametrize(
-    "options", [{"requests": 0}, {"requests": 1.5}, {"requests": 10, "per": 0}]
+    ("options", "named"),
+    [
+        ({"requests": 0}, "requests"),
+        ({"requests": 1.5}, "requests"),
+        ({"requests": 10, "per": 0}, "per"),
+        ({"requests": True}, "requests"),
+        ({"requests": 10, "per": True}, "per"),
+        ({"requests": 10, "per": float("nan")}, "per"),
+        ({"requests": 10, "per": float("inf")}, "per"),
+    ],
 )
-def test_rate_limit_bounds(options: dict[str, float]) -> None:
-    with pytest.raises(ConfigurationError):
+def test_rate_limit_bounds(options: dict[str, float], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^RateLimit\.{named} must be"):
         RateLimit(**options)  # type: ignore[arg-type]

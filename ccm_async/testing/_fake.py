@@ -8,6 +8,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import math
 import random
 import re
 import secrets
@@ -375,7 +376,8 @@ class FakeCcm:
             return await _send_envelope(send, 403, 403, error_code=1003)
         wait = self._admit()
         if wait is not None:
-            retry_after = [(b"retry-after", f"{wait:.3f}".encode())]
+            # Retry-After is whole seconds (RFC 9110): round up, never early.
+            retry_after = [(b"retry-after", str(math.ceil(wait)).encode())]
             headers = retry_after if self.rate_limit_retry_after else []
             return await _send_envelope(send, 429, 429, error_code=None, headers=headers)
         await self._delay()
