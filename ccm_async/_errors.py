@@ -80,7 +80,7 @@ class InvalidCallSidError(CcmError, ValueError):
 class TransportError(CcmError):
     """The request got no complete response: connection refused or dropped, TLS, protocol.
 
-    The httpx exception is the ``__cause__``.
+    The HTTP stack's own exception (httpcore's, httpx's or aiohttp's) is the ``__cause__``.
     """
 
 
