@@ -27,7 +27,7 @@ import re
 import reprlib
 import time
 import traceback
-from typing import Any, Final
+from typing import Any, Final, cast
 
 __all__ = [
     "ApiError",
@@ -180,7 +180,8 @@ def forget_frames(exc: BaseException) -> None:
             error.__context__ = None
         pending.extend(link for link in (error.__cause__, error.__context__) if link is not None)
         if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
+            group = cast("BaseExceptionGroup[BaseException]", error)
+            pending.extend(group.exceptions)
 
 
 _AUTH_HINT = (

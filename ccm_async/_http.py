@@ -29,7 +29,7 @@ import contextlib
 import functools
 import ssl
 import urllib.request
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import Final, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import httpcore
@@ -302,7 +302,7 @@ def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _failures_as_transport_errors(call_sid: str) -> Iterator[None]:
+def _failures_as_transport_errors(call_sid: str) -> Generator[None]:
     """Anything that stops a response from arriving is this lookup's TransportError."""
     try:
         yield
