@@ -5,8 +5,8 @@
 
 The fast server runs in its own process, pinned to the last core where the
 machine allows, and each client measurement in a process of its own pinned to
-the first. Results are medians of alternating runs. Tables go to stdout and
-JSON to ``--out``.
+the first. Results are medians of alternating runs. Tables go to stdout, and the JSON,
+the report and a chart of the throughput (``throughput.png``) to ``--out``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from chart import draw
 
 HERE = Path(__file__).parent
 CLIENTS = ["httpx", "aiohttp", "ccm_async", "ccm_async+aiohttp"]
@@ -228,6 +230,7 @@ def main() -> None:
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = report(results)
     (args.out / "report.md").write_text(text + "\n")
+    draw(results, args.out / "throughput.png")
     print(text)
 
 
