@@ -74,6 +74,7 @@ def feed(rate: AdaptiveRate, count: int, *, limited: bool) -> float | None:
     return rate.rate
 
 
+@pytest.mark.virtual_clock
 async def test_adaptive_rate_ignores_a_sprinkle_and_reacts_to_a_flood() -> None:
     rate = AdaptiveRate()
     for i in range(1000):
@@ -86,7 +87,11 @@ async def test_adaptive_rate_ignores_a_sprinkle_and_reacts_to_a_flood() -> None:
     recovered = feed(rate, 50, limited=False)
     assert recovered is not None
     assert recovered > first
-    assert await rate.acquire() in (True, False)
+    # Sends are paced: one interval at the lowered rate, then one at the recovered rate.
+    start = anyio.current_time()
+    assert await rate.acquire()
+    assert await rate.acquire()
+    assert anyio.current_time() - start == pytest.approx(1 / first + 1 / recovered)
 
 
 @pytest.mark.parametrize(
