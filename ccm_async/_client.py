@@ -365,19 +365,26 @@ class AsyncCcmClient:
     async def _attempt(self, lookup: Lookup) -> CallDetails:
         if lookup.attempts:
             self._counters.retries += 1
-        # The deadline covers every wait once the first attempt was sent; a slot
-        # is held only from the rate-limit permit to the end of the response.
-        with anyio.CancelScope(deadline=lookup.deadline) as scope:
-            if await self._throttle.wait_pause():
+        # The deadline runs from the first slot (queueing for it does not count), or
+        # from the start of a wait for the client's pause if that comes first; from
+        # then on the lookup queues for slots ahead of first attempts. The pause is
+        # waited holding nothing, and looked at again just before the send: it may
+        # have begun (another lookup's 429) while this one waited for a slot or a
+        # permit.
+        while True:
+            if await lookup.wait_out_pause(self._throttle.pause_left()):
                 self._counters.rate_limit_waits += 1
-            async with self._slots.hold(retry=lookup.attempts > 0):
-                if await self._throttle.limiter.acquire():
-                    self._counters.rate_limit_waits += 1
-                lookup.start()
-                scope.deadline = lookup.deadline
-                lookup.attempts += 1
-                return await self._exchange(lookup.call_sid, lookup.attempts)
-        raise lookup.deadline_error()
+            with anyio.CancelScope(deadline=lookup.deadline) as scope:
+                async with self._slots.hold(retry=lookup.started):
+                    lookup.start()
+                    scope.deadline = lookup.deadline
+                    if await self._throttle.limiter.acquire():
+                        self._counters.rate_limit_waits += 1
+                    if not self._throttle.pause_left():
+                        lookup.attempts += 1
+                        return await self._exchange(lookup.call_sid, lookup.attempts)
+            if scope.cancelled_caught:
+                raise lookup.deadline_error()
 
     async def _exchange(self, call_sid: str, attempt: int) -> CallDetails:
         """One request and its decoding, fed back to the budget and the limiter."""

@@ -10,7 +10,8 @@ any window of ``per`` seconds (a sliding window, as a server counts). Without
 one it adapts to 429s: a sustained share of them lowers its rate
 (multiplicative decrease, from the rate the server was seen to accept), and
 successes raise it back slowly (additive increase). A 429's ``Retry-After``
-pauses every new request of the client for that long.
+pauses every send of the client for as long as it says, never longer; a lookup
+that may not wait that long fails at once instead (``Lookup.wait_out_pause``).
 """
 
 from __future__ import annotations
@@ -192,15 +193,11 @@ class Throttle:
         self._paused_until = 0.0
 
     def pause(self, seconds: float) -> None:
-        """Hold every new request for ``seconds`` (the account is throttled)."""
+        """Hold every send for ``seconds`` (the account is throttled)."""
         if backoff_is_instant():
             return
         self._paused_until = max(self._paused_until, anyio.current_time() + seconds)
 
-    async def wait_pause(self) -> bool:
-        """Wait out a pause, if any; True when that meant waiting."""
-        delay = self._paused_until - anyio.current_time()
-        if delay <= 0:
-            return False
-        await anyio.sleep(delay)
-        return True
+    def pause_left(self) -> float:
+        """The seconds the pause still runs; 0.0 when there is none."""
+        return max(0.0, self._paused_until - anyio.current_time())

@@ -384,6 +384,67 @@ async def test_retry_after_on_429_pauses_the_whole_client() -> None:
         assert client.stats.rate_limit_waits == 1
 
 
+def a_day_ahead(header: str) -> str:
+    if header == "seconds":
+        return "86400"
+    return email.utils.formatdate(time.time() + 86_400, usegmt=True)
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("header", ["seconds", "http-date"])
+async def test_a_day_long_pause_fails_later_lookups_at_once(header: str) -> None:
+    fake = FakeCcm(generate=True)
+    fake.fail("first", Fault.rate_limited(retry_after=a_day_ahead(header)), times=1)
+    async with fake.client() as client:
+        with pytest.raises(RateLimitError):
+            await client.get_call("first")
+        start = anyio.current_time()
+        results = await client.get_calls([f"s{i}" for i in range(100)])
+        assert anyio.current_time() == start
+    assert fake.request_count == 1
+    for result in results:
+        error = result.error
+        assert isinstance(error, RateLimitError)
+        assert error.http_status == 429
+        assert error.call_sid == result.call_sid
+        assert error.attempts == 0
+        assert error.retry_after is not None
+        assert 86_390 < error.retry_after <= 86_400
+
+
+@pytest.mark.virtual_clock
+async def test_a_pause_past_the_deadline_fails_a_new_lookup_at_once() -> None:
+    fake = FakeCcm(generate=True)
+    fake.fail("first", Fault.rate_limited(retry_after=30), times=1)
+    async with fake.client(retry=RetryPolicy(timeout=5)) as client:
+        with pytest.raises(RateLimitError):
+            await client.get_call("first")
+        start = anyio.current_time()
+        with pytest.raises(RateLimitError) as info:
+            await client.get_call("next")
+        assert anyio.current_time() == start
+    assert info.value.retry_after == 30
+    assert info.value.attempts == 0
+    assert info.value.call_sid == "next"
+    assert fake.requests_for("next") == 0
+
+
+@pytest.mark.virtual_clock
+async def test_a_pause_holds_back_lookups_already_holding_a_slot() -> None:
+    fake = FakeCcm(generate=True, latency=0.1)
+    fake.fail("first", Fault.rate_limited(retry_after=2), times=1)
+    sids = ["first", *(f"s{i}" for i in range(9))]
+    # One slot, ten lookups: each gets the slot while the pause runs.
+    async with fake.client(max_concurrency=1) as client:
+        results = await client.get_calls(sids, concurrency=10)
+    assert all(result.ok for result in results)
+    rejected, *later = fake.requests
+    assert rejected.status == 429
+    assert len(later) == 10
+    pause_end = rejected.time + 0.1 + 2.0  # the 429 was answered 0.1 s after it arrived
+    assert min(request.time for request in later) == pytest.approx(pause_end)
+
+
 async def test_logs_each_attempt_and_each_retry(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeCcm(generate=True)
     fake.fail("s1", Fault.server_error(), times=1)
