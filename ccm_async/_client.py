@@ -49,7 +49,7 @@ from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._http import client_engine, current_loop, own_engine
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
-from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
+from ccm_async._throttle import AdaptiveRate, Permit, RateLimit, Slots, Throttle
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
@@ -378,21 +378,27 @@ class AsyncCcmClient:
                 async with self._slots.hold(retry=lookup.started):
                     lookup.start()
                     scope.deadline = lookup.deadline
-                    if await self._throttle.limiter.acquire():
-                        self._counters.rate_limit_waits += 1
-                    if not self._throttle.pause_left():
-                        lookup.attempts += 1
-                        return await self._exchange(lookup.call_sid, lookup.attempts)
+                    async with self._throttle.permit() as permit:
+                        if permit.waited:
+                            self._counters.rate_limit_waits += 1
+                        if not self._throttle.pause_left():
+                            lookup.attempts += 1
+                            return await self._exchange(lookup.call_sid, lookup.attempts, permit)
             if scope.cancelled_caught:
                 raise lookup.deadline_error()
 
-    async def _exchange(self, call_sid: str, attempt: int) -> CallDetails:
+    async def _exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
         """One request and its decoding, fed back to the budget and the limiter."""
         started = anyio.current_time()
         status: int | str = "no response"
         try:
             self._counters.requests += 1
-            reply = await self._engine.get(self._calls_url + call_sid, call_sid)
+            try:
+                reply = await self._engine.get(self._calls_url + call_sid, call_sid)
+            finally:
+                # An answer or a failure comes no earlier than the request reached
+                # the server, if it did: the rate window counts it from now.
+                permit.end()
             status = reply.status
             self._counters.responses[status] += 1
             call = decode_response(

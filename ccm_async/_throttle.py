@@ -4,9 +4,10 @@
 attempts in its queue, so that it does not wait behind a whole bulk fetch
 while its deadline runs.
 
-A permit is taken at send time, after the concurrency slot. With a configured
-:class:`RateLimit` the client never starts more than ``requests`` requests in
-any window of ``per`` seconds (a sliding window, as a server counts). Without
+A permit is taken after the concurrency slot, just before the send, and held
+until the exchange ends. With a configured :class:`RateLimit` no window of
+``per`` seconds holds more than ``requests`` of the client's requests as the
+server counts them, by arrival (:class:`SlidingWindow` says how). Without
 one it adapts to 429s: a sustained share of them lowers its rate
 (multiplicative decrease, from the rate the server was seen to accept), and
 successes raise it back slowly (additive increase). A 429's ``Retry-After``
@@ -28,7 +29,7 @@ import attrs
 from ccm_async._errors import ConfigurationError
 from ccm_async._retry import backoff_is_instant
 
-__all__ = ["AdaptiveRate", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
+__all__ = ["AdaptiveRate", "Permit", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
 
 
 class Slots:
@@ -89,27 +90,68 @@ class RateLimit:
 
 
 class SlidingWindow:
-    """Never more than ``requests`` starts in any window of ``per`` seconds."""
+    """Never more than ``requests`` requests in any window of ``per`` seconds, as the
+    server counts them: by when they arrive.
+
+    The client cannot see an arrival, only that it came before the exchange's end
+    (the response, or the failure). So a request is counted at its exchange's end,
+    and one still in flight counts as in the window; a permit is given only while
+    fewer than ``requests`` are in flight or ended within the last ``per`` seconds.
+    However long a new connection takes to open, two requests ``requests`` apart
+    then reach the server at least ``per`` seconds apart.
+    """
 
     def __init__(self, limit: RateLimit) -> None:
+        self._requests = limit.requests
         self._per = limit.per
-        self._starts: collections.deque[float] = collections.deque(maxlen=limit.requests)
+        self._in_flight = 0
+        self._ended: collections.deque[float] = collections.deque()
+        self._change: anyio.Event | None = None
         self._lock = anyio.Lock()
 
     async def acquire(self) -> bool:
-        """Wait for a permit; True when that meant waiting (for the window or in line)."""
+        """Wait for a permit; True when that meant waiting (for the window or in line).
+
+        The permit is held until :meth:`release`.
+        """
         waited = self._lock.locked()
         async with self._lock:
-            if len(self._starts) == self._starts.maxlen:
-                delay = self._starts[0] + self._per - anyio.current_time()
-                if delay > 0:
-                    waited = True
-                    await anyio.sleep(delay)
-            self._starts.append(anyio.current_time())
+            while not self._has_room():
+                waited = True
+                await self._wait_for_room()
+            self._in_flight += 1
             return waited
+
+    def release(self, *, sent: bool) -> None:
+        """The permit's exchange ended now; ``sent=False``: it never began (not counted)."""
+        self._in_flight -= 1
+        if sent:
+            self._ended.append(anyio.current_time())
+        if self._change is not None:
+            self._change.set()
 
     def record(self, *, limited: bool) -> None:
         """A configured limit does not adapt."""
+
+    def _has_room(self) -> bool:
+        now = anyio.current_time()
+        while self._ended and self._ended[0] + self._per <= now:
+            self._ended.popleft()
+        return self._in_flight + len(self._ended) < self._requests
+
+    async def _wait_for_room(self) -> None:
+        # Room comes when the oldest end leaves the window, or when a permit held
+        # in flight is given back unused.
+        self._change = anyio.Event()
+        if not self._ended:
+            await self._change.wait()
+            return
+        with anyio.move_on_after(self._ended[0] + self._per - anyio.current_time()) as timer:
+            await self._change.wait()
+        if timer.cancelled_caught:
+            # Its time in the window is over (popped here: the clock's arithmetic
+            # may put "now" a hair short of ended + per).
+            self._ended.popleft()
 
 
 class AdaptiveRate:
@@ -157,6 +199,9 @@ class AdaptiveRate:
                 return True
             return waited
 
+    def release(self, *, sent: bool) -> None:
+        """The pace is the whole limit: there is nothing to give back."""
+
     def record(self, *, limited: bool) -> None:
         """Feed back one response: was it a 429 without a Retry-After?"""
         now = anyio.current_time()
@@ -183,6 +228,23 @@ class AdaptiveRate:
         self._outcomes.clear()
 
 
+class Permit:
+    """A request's place under the rate limit, from before its send until its
+    exchange ends."""
+
+    def __init__(self, limiter: SlidingWindow | AdaptiveRate, *, waited: bool) -> None:
+        self.waited = waited
+        self._limiter = limiter
+        self._held = True
+
+    def end(self, *, sent: bool = True) -> None:
+        """The exchange ended (its request counts from now), or with ``sent=False``
+        never began (the place goes back). Only the first call counts."""
+        if self._held:
+            self._held = False
+            self._limiter.release(sent=sent)
+
+
 class Throttle:
     """The client-wide pause (after a 429's Retry-After) and the rate limiter."""
 
@@ -191,6 +253,16 @@ class Throttle:
             AdaptiveRate() if limit is None else SlidingWindow(limit)
         )
         self._paused_until = 0.0
+
+    @asynccontextmanager
+    async def permit(self) -> AsyncGenerator[Permit]:
+        """Wait for a permit, held for the block; the exchange ends it (:meth:`Permit.end`),
+        and if none did, leaving the block gives it back unused."""
+        permit = Permit(self.limiter, waited=await self.limiter.acquire())
+        try:
+            yield permit
+        finally:
+            permit.end(sent=False)
 
     def pause(self, seconds: float) -> None:
         """Hold every send for ``seconds`` (the account is throttled)."""

@@ -86,6 +86,29 @@ def own_pool_connections(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
     return connections
 
 
+class SlowConnectBackend(httpcore.AsyncNetworkBackend):
+    """Opens each connection ``delay`` seconds late, as to a server far away."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = httpcore.AnyIOBackend()
+        self.delay = delay
+
+    async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        await self.inner.sleep(self.delay)
+        return await self.inner.connect_tcp(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+@pytest.fixture
+def slow_connections(monkeypatch: pytest.MonkeyPatch) -> SlowConnectBackend:
+    """Every connection of the own pool of every client the test creates takes 30 ms."""
+    backend = SlowConnectBackend(0.03)
+    monkeypatch.setattr(httpcore, "AnyIOBackend", lambda: backend)
+    return backend
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
     backend = str(request.param)

@@ -1,12 +1,19 @@
-"""The concurrency slots and the rate limiters in isolation."""
+"""The concurrency slots and the rate limiters: in isolation, and as a server counts
+a client's requests (``pytest -s`` prints what the client-level tests measured)."""
 
 from __future__ import annotations
 
+import random
+
 import anyio
+import httpx
 import pytest
 
-from ccm_async import ConfigurationError, RateLimit
+from ccm_async import AsyncCcmClient, ConfigurationError, RateLimit
 from ccm_async._throttle import AdaptiveRate, Slots
+from ccm_async.testing import FakeCcm
+
+from .conftest import SlowConnectBackend, most_in_any_window
 
 pytestmark = pytest.mark.anyio
 
@@ -100,3 +107,57 @@ async def test_adaptive_rate_ignores_a_sprinkle_and_reacts_to_a_flood() -> None:
 def test_rate_limit_bounds(options: dict[str, float]) -> None:
     with pytest.raises(ConfigurationError):
         RateLimit(**options)  # type: ignore[arg-type]
+
+
+async def test_rate_limit_holds_at_the_server_over_slow_new_connections(
+    slow_connections: SlowConnectBackend,
+) -> None:
+    # A cold pool: the first window's requests wait 30 ms for their connections,
+    # the next window's go out at once on those connections, kept alive.
+    limit = RateLimit(requests=20, per=0.5)
+    fake = FakeCcm(generate=True)
+    async with (
+        fake.serve() as base_url,
+        AsyncCcmClient(
+            **fake.credentials, base_url=base_url, max_concurrency=64, rate_limit=limit
+        ) as client,
+    ):
+        results = await client.get_calls([f"s{i}" for i in range(100)])
+    assert all(result.ok for result in results)
+    arrivals = [request.time for request in fake.requests]
+    assert len(arrivals) == 100
+    fullest = most_in_any_window(arrivals, per=limit.per)
+    print(f"\nover a socket: at most {fullest} arrivals in a window of {limit.requests}")
+    assert fullest <= limit.requests
+
+
+class LateArrivals(httpx.AsyncBaseTransport):
+    """Each request reaches the app 0-30 ms after it was sent (a new connection, a
+    slow network); the app answers 5 ms after that."""
+
+    def __init__(self, app: FakeCcm) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+        self._random = random.Random(4)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(self._random.uniform(0.0, 0.03))
+        return await self._inner.handle_async_request(request)
+
+
+@pytest.mark.virtual_clock
+async def test_rate_limit_is_used_in_full_and_never_exceeded_at_the_server() -> None:
+    limit = RateLimit(requests=100, per=1.0)
+    fake = FakeCcm(generate=True, latency=0.005)
+    async with (
+        httpx.AsyncClient(transport=LateArrivals(fake)) as http_client,
+        fake.client(http_client=http_client, max_concurrency=128, rate_limit=limit) as client,
+    ):
+        results = await client.get_calls([f"s{i}" for i in range(2000)])
+    assert all(result.ok for result in results)
+    arrivals = [request.time for request in fake.requests]
+    fullest = most_in_any_window(arrivals, per=limit.per)
+    # Past the first window's burst, the arrivals keep up with the configured rate.
+    rate = (len(arrivals) - limit.requests) / (max(arrivals) - min(arrivals))
+    print(f"\nat most {fullest} arrivals in a window of {limit.requests}; {rate:.1f}/s of 100/s")
+    assert fullest <= limit.requests
+    assert rate >= 0.95 * limit.requests / limit.per
