@@ -161,14 +161,21 @@ class AdaptiveRate:
     least ``_SHARE`` of the last ``_WINDOW`` responses. A sprinkle of isolated
     429s (1% of responses) practically never reaches that: it does not throttle
     a bulk run.
-    Then the rate becomes ``_DECREASE`` times the rate the server accepted over
-    those responses (or the current rate, if lower), and no further decrease
-    happens for a while, since requests sent at the old rate are still coming
-    back. Each success adds a small step, so the rate climbs back over a few
-    hundred requests. 429s with a ``Retry-After`` pause the client instead.
+    Then the rate becomes ``_DECREASE`` times the rate the server accepted (or
+    the current rate, if lower), and no further decrease happens for a while,
+    since requests sent at the old rate are still coming back. The accepted rate
+    is measured over the successes of the last ``_SPAN`` seconds, or the last
+    ``_WINDOW`` successes if those took longer: it rests on enough of them at a
+    low rate, and on a whole second at a high one (where ``_WINDOW`` come back
+    in a fraction of a second). Requests still in flight count as accepted: a
+    429 comes back sooner than a success, so when the 429s begin, the successes
+    sent before them are mostly still on their way.
+    Each success adds a small step, so the rate climbs back over a few hundred
+    requests. 429s with a ``Retry-After`` pause the client instead.
     """
 
     _WINDOW: Final = 100
+    _SPAN: Final = 1.0
     _TRIGGER: Final = 10
     _SHARE: Final = 0.1
     _DECREASE: Final = 0.7
@@ -180,6 +187,8 @@ class AdaptiveRate:
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque(
             maxlen=self._WINDOW
         )
+        self._accepted: collections.deque[float] = collections.deque()
+        self._in_flight = 0
         self._step = 0.0
         self._hold_until = 0.0
         self._next_send = 0.0
@@ -188,6 +197,7 @@ class AdaptiveRate:
     async def acquire(self) -> bool:
         """Wait for the next paced send time; True when that meant waiting."""
         if self.rate is None:
+            self._in_flight += 1
             return False
         waited = self._lock.locked()
         async with self._lock:
@@ -196,30 +206,41 @@ class AdaptiveRate:
             self._next_send = send_at + 1.0 / self.rate
             if send_at > now:
                 await anyio.sleep(send_at - now)
-                return True
+                waited = True
+            self._in_flight += 1
             return waited
 
     def release(self, *, sent: bool) -> None:
-        """The pace is the whole limit: there is nothing to give back."""
+        """The exchange ended (or never began): it is no longer in flight."""
+        self._in_flight -= 1
 
     def record(self, *, limited: bool) -> None:
         """Feed back one response: was it a 429 without a Retry-After?"""
         now = anyio.current_time()
         self._outcomes.append((now, limited))
         if not limited:
+            self._note_accepted(now)
             if self.rate is not None:
                 self.rate += self._step
             return
         limited_count = sum(1 for _, was_limited in self._outcomes if was_limited)
         sustained = limited_count >= max(self._TRIGGER, self._SHARE * len(self._outcomes))
         if sustained and now >= self._hold_until:
-            self._decrease(now, limited_count)
+            self._decrease(now)
 
-    def _decrease(self, now: float, limited_count: int) -> None:
-        span = max(1.0, now - self._outcomes[0][0])
-        accepted = len(self._outcomes) - limited_count
+    def _note_accepted(self, now: float) -> None:
+        accepted = self._accepted
+        accepted.append(now)
+        while len(accepted) > self._WINDOW and accepted[0] <= now - self._SPAN:
+            accepted.popleft()
+
+    def _decrease(self, now: float) -> None:
         # The rate the server accepted; if it accepted nothing, what was sent.
-        estimate = (accepted or len(self._outcomes)) / span
+        if self._accepted:
+            accepted = len(self._accepted) + self._in_flight
+            estimate = accepted / max(self._SPAN, now - self._accepted[0])
+        else:
+            estimate = len(self._outcomes) / max(self._SPAN, now - self._outcomes[0][0])
         current = estimate if self.rate is None else min(self.rate, estimate)
         self.rate = max(self._MIN_RATE, current * self._DECREASE)
         self._step = (current - self.rate) / self._RECOVERY_REQUESTS

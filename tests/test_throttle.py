@@ -3,13 +3,14 @@ a client's requests (``pytest -s`` prints what the client-level tests measured).
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import anyio
 import httpx
 import pytest
 
-from ccm_async import AsyncCcmClient, ConfigurationError, RateLimit
+from ccm_async import AsyncCcmClient, ConfigurationError, RateLimit, RetryPolicy
 from ccm_async._throttle import AdaptiveRate, Slots
 from ccm_async.testing import FakeCcm
 
@@ -101,6 +102,21 @@ async def test_adaptive_rate_ignores_a_sprinkle_and_reacts_to_a_flood() -> None:
     assert anyio.current_time() - start == pytest.approx(1 / first + 1 / recovered)
 
 
+@pytest.mark.virtual_clock
+async def test_adaptive_rate_decreases_from_what_the_server_accepted() -> None:
+    # 400 responses a second: a second of successes, then a 429 in every three,
+    # until the 10th of them lowers the rate.
+    rate = AdaptiveRate()
+    responses = 0
+    while rate.rate is None:
+        await anyio.sleep(1 / 400)
+        rate.record(limited=responses >= 400 and responses % 3 == 0)
+        responses += 1
+    assert responses == 430
+    accepted_last_second = 400 - 9  # the responses of the last second, less nine 429s
+    assert rate.rate == pytest.approx(0.7 * accepted_last_second, rel=0.01)
+
+
 @pytest.mark.parametrize(
     "options", [{"requests": 0}, {"requests": 1.5}, {"requests": 10, "per": 0}]
 )
@@ -161,3 +177,29 @@ async def test_rate_limit_is_used_in_full_and_never_exceeded_at_the_server() -> 
     print(f"\nat most {fullest} arrivals in a window of {limit.requests}; {rate:.1f}/s of 100/s")
     assert fullest <= limit.requests
     assert rate >= 0.95 * limit.requests / limit.per
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("limit", [150, 400])
+async def test_adaptive_rate_converges_on_the_server_limit(limit: int) -> None:
+    # No RateLimit given: the client learns the server's from 429s (no Retry-After).
+    fake = FakeCcm(
+        generate=True,
+        latency=(0.02, 0.06),
+        rate_limit=RateLimit(requests=limit, per=1.0),
+        log_size=100_000,
+    )
+    policy = RetryPolicy(attempts=10, timeout=120, budget_tokens=100_000)
+    start = anyio.current_time()
+    async with fake.client(max_concurrency=128, retry=policy) as client:
+        with anyio.move_on_after(40):
+            sids = (f"s{i}" for i in itertools.count())
+            async with client.stream_calls(sids) as results:
+                async for _ in results:
+                    pass
+    statuses = [request.status for request in fake.requests if request.time < start + 40]
+    ok_per_second = statuses.count(200) / 40
+    limited_share = statuses.count(429) / len(statuses)
+    print(f"\nagainst {limit}/s: {ok_per_second:.0f} ok/s, {limited_share:.1%} answered 429")
+    assert ok_per_second >= 0.8 * limit
+    assert limited_share <= 0.10
