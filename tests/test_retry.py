@@ -430,6 +430,21 @@ async def test_a_pause_past_the_deadline_fails_a_new_lookup_at_once() -> None:
 
 
 @pytest.mark.virtual_clock
+async def test_no_lookup_waits_for_a_permit_past_its_deadline() -> None:
+    fake = FakeCcm(generate=True)
+    limit = RateLimit(requests=1, per=60)
+    async with fake.client(rate_limit=limit, retry=RetryPolicy(timeout=5)) as client:
+        await client.get_call("first")
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError) as info:
+            await client.get_call("next")
+        assert anyio.current_time() - start == 5
+    assert info.value.deadline_exceeded
+    assert info.value.attempts == 0
+    assert fake.requests_for("next") == 0
+
+
+@pytest.mark.virtual_clock
 async def test_a_pause_holds_back_lookups_already_holding_a_slot() -> None:
     fake = FakeCcm(generate=True, latency=0.1)
     fake.fail("first", Fault.rate_limited(retry_after=2), times=1)
