@@ -50,7 +50,7 @@ from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._http import client_engine, current_loop, own_engine
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, RetryPolicy, is_retryable
-from ccm_async._throttle import AdaptiveRate, RateLimit, Slots, Throttle
+from ccm_async._throttle import AdaptiveRate, Permit, RateLimit, Slots, Throttle
 from ccm_async._version import __version__
 
 __all__ = ["AsyncCcmClient"]
@@ -382,27 +382,40 @@ class AsyncCcmClient:
     async def _attempt(self, lookup: Lookup) -> CallDetails:
         if lookup.attempts:
             self._counters.retries += 1
-        # The deadline covers every wait once the first attempt was sent; a slot
-        # is held only from the rate-limit permit to the end of the response.
-        with anyio.CancelScope(deadline=lookup.deadline) as scope:
-            if await self._throttle.wait_pause():
+        # The deadline runs from the first slot (queueing for it does not count), or
+        # from the start of a wait for the client's pause if that comes first; from
+        # then on the lookup queues for slots ahead of first attempts. The pause is
+        # waited holding nothing, and looked at again just before the send: it may
+        # have begun (another lookup's 429) while this one waited for a slot or a
+        # permit.
+        while True:
+            if await lookup.wait_out_pause(self._throttle.pause_left()):
                 self._counters.rate_limit_waits += 1
-            async with self._slots.hold(retry=lookup.attempts > 0):
-                if await self._throttle.limiter.acquire():
-                    self._counters.rate_limit_waits += 1
-                lookup.start()
-                scope.deadline = lookup.deadline
-                lookup.attempts += 1
-                return await self._exchange(lookup.call_sid, lookup.attempts)
-        raise lookup.deadline_error()
+            with anyio.CancelScope(deadline=lookup.deadline) as scope:
+                async with self._slots.hold(retry=lookup.started):
+                    lookup.start()
+                    scope.deadline = lookup.deadline
+                    async with self._throttle.permit() as permit:
+                        if permit.waited:
+                            self._counters.rate_limit_waits += 1
+                        if not self._throttle.pause_left():
+                            lookup.attempts += 1
+                            return await self._exchange(lookup.call_sid, lookup.attempts, permit)
+            if scope.cancelled_caught:
+                raise lookup.deadline_error()
 
-    async def _exchange(self, call_sid: str, attempt: int) -> CallDetails:
+    async def _exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
         """One request and its decoding, fed back to the budget and the limiter."""
         started = anyio.current_time()
         status: int | str = "no response"
         try:
             self._counters.requests += 1
-            reply = await self._engine.get(self._calls_url + call_sid, call_sid)
+            try:
+                reply = await self._engine.get(self._calls_url + call_sid, call_sid)
+            finally:
+                # An answer or a failure comes no earlier than the request reached
+                # the server, if it did: the rate window counts it from now.
+                permit.end()
             status = reply.status
             self._counters.responses[status] += 1
             call = decode_response(

@@ -74,14 +74,20 @@ class RetryPolicy:
     the whole interval, so they do not come back together, and it does the least
     total waiting of the usual jitter schemes. A ``Retry-After`` on a 429 or 503
     is waited exactly, when it is at most min(60 s, the time left); when it is
-    longer the lookup gives up at once with that response's error.
+    longer the lookup gives up at once with that response's error. A 429's
+    ``Retry-After`` also pauses every send of the client; a lookup that would
+    wait for that pause longer than min(60 s, its time left) fails at once with a
+    :class:`RateLimitError` (``retry_after``: the pause still to run), sending
+    nothing.
 
     Attributes:
         attempts: attempts per lookup, the first included (1-20).
         wait_initial: the first backoff's upper bound, in seconds.
         wait_max: the cap on any backoff, in seconds.
-        timeout: the lookup's deadline in seconds: from the first attempt's send,
-            over every attempt and wait (queueing for a first slot does not count).
+        timeout: the lookup's deadline in seconds, over every wait (the client's
+            pause, a rate-limit permit, backoff) and attempt. It starts when the
+            lookup gets its first concurrency slot (queueing for that slot does
+            not count), or when it begins waiting out the client's pause, if sooner.
         budget_tokens: the retry budget (gRPC retry throttling), shared by all
             lookups of a client: every failed attempt takes a token, every
             success gives back ``budget_refill``, and retries happen only while
@@ -171,10 +177,36 @@ class Lookup:
         self.next_wait: float | None = 0.0
         self._on_denied = on_denied
 
+    @property
+    def started(self) -> bool:
+        """Whether the deadline runs."""
+        return self.deadline != float("inf")
+
     def start(self) -> None:
-        """The first attempt is being sent: the deadline starts now."""
-        if self.deadline == float("inf"):
+        """The deadline starts now, unless it already runs."""
+        if not self.started:
             self.deadline = anyio.current_time() + self.policy.timeout
+
+    async def wait_out_pause(self, pause: float) -> bool:
+        """Wait out ``pause`` seconds of the client's pause before a send; True if any.
+
+        The deadline runs from here. A pause longer than min(60 s, the time left) is
+        not waited: the lookup fails at once with a :class:`RateLimitError` whose
+        ``retry_after`` is the pause still to run, and sends nothing more.
+        """
+        if pause <= 0:
+            return False
+        self.start()
+        if not self._may_wait(pause):
+            raise RateLimitError(
+                f"rate limited: the client's pause after a 429 runs {pause:g}s more, longer "
+                f"than this lookup may wait; nothing was sent [call_sid={self.call_sid}]",
+                http_status=429,
+                call_sid=self.call_sid,
+                retry_after=pause,
+            )
+        await anyio.sleep(pause)
+        return True
 
     def deadline_error(self) -> RequestTimeoutError:
         """The error for a lookup whose deadline passed."""
@@ -225,12 +257,16 @@ class Lookup:
         return self._stop_now()
 
     def _plan_wait(self, exc: BaseException | None) -> float | None:
-        left = self.deadline - anyio.current_time()
         retry_after = _retry_after(exc)
         if retry_after is not None:
-            return retry_after if retry_after <= min(_RETRY_AFTER_CAP, left) else None
+            return retry_after if self._may_wait(retry_after) else None
         wait = self.policy.backoff(self.attempts)
-        return wait if wait < left else None
+        return wait if wait < self.deadline - anyio.current_time() else None
+
+    def _may_wait(self, seconds: float) -> bool:
+        # The server's own wait (Retry-After, the pause it set) is kept to exactly,
+        # or not at all: a lookup gives up rather than wait past 60 s or its deadline.
+        return seconds <= min(_RETRY_AFTER_CAP, self.deadline - anyio.current_time())
 
     def _stop_now(self) -> bool:
         if self.attempts >= self.policy.attempts or self.next_wait is None:

@@ -4,13 +4,15 @@
 attempts in its queue, so that it does not wait behind a whole bulk fetch
 while its deadline runs.
 
-A permit is taken at send time, after the concurrency slot. With a configured
-:class:`RateLimit` the client never starts more than ``requests`` requests in
-any window of ``per`` seconds (a sliding window, as a server counts). Without
+A permit is taken after the concurrency slot, just before the send, and held
+until the exchange ends. With a configured :class:`RateLimit` no window of
+``per`` seconds holds more than ``requests`` of the client's requests as the
+server counts them, by arrival (:class:`SlidingWindow` says how). Without
 one it adapts to 429s: a sustained share of them lowers its rate
 (multiplicative decrease, from the rate the server was seen to accept), and
 successes raise it back slowly (additive increase). A 429's ``Retry-After``
-pauses every new request of the client for that long.
+pauses every send of the client for as long as it says, never longer; a lookup
+that may not wait that long fails at once instead (``Lookup.wait_out_pause``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import attrs
 from ccm_async._errors import ConfigurationError
 from ccm_async._retry import backoff_is_instant
 
-__all__ = ["AdaptiveRate", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
+__all__ = ["AdaptiveRate", "Permit", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
 
 
 class Slots:
@@ -95,27 +97,68 @@ class RateLimit:
 
 
 class SlidingWindow:
-    """Never more than ``requests`` starts in any window of ``per`` seconds."""
+    """Never more than ``requests`` requests in any window of ``per`` seconds, as the
+    server counts them: by when they arrive.
+
+    The client cannot see an arrival, only that it came before the exchange's end
+    (the response, or the failure). So a request is counted at its exchange's end,
+    and one still in flight counts as in the window; a permit is given only while
+    fewer than ``requests`` are in flight or ended within the last ``per`` seconds.
+    However long a new connection takes to open, two requests ``requests`` apart
+    then reach the server at least ``per`` seconds apart.
+    """
 
     def __init__(self, limit: RateLimit) -> None:
+        self._requests = limit.requests
         self._per = limit.per
-        self._starts: collections.deque[float] = collections.deque(maxlen=limit.requests)
+        self._in_flight = 0
+        self._ended: collections.deque[float] = collections.deque()
+        self._change: anyio.Event | None = None
         self._lock = anyio.Lock()
 
     async def acquire(self) -> bool:
-        """Wait for a permit; True when that meant waiting (for the window or in line)."""
+        """Wait for a permit; True when that meant waiting (for the window or in line).
+
+        The permit is held until :meth:`release`.
+        """
         waited = self._lock.locked()
         async with self._lock:
-            if len(self._starts) == self._starts.maxlen:
-                delay = self._starts[0] + self._per - anyio.current_time()
-                if delay > 0:
-                    waited = True
-                    await anyio.sleep(delay)
-            self._starts.append(anyio.current_time())
+            while not self._has_room():
+                waited = True
+                await self._wait_for_room()
+            self._in_flight += 1
             return waited
+
+    def release(self, *, sent: bool) -> None:
+        """The permit's exchange ended now; ``sent=False``: it never began (not counted)."""
+        self._in_flight -= 1
+        if sent:
+            self._ended.append(anyio.current_time())
+        if self._change is not None:
+            self._change.set()
 
     def record(self, *, limited: bool) -> None:
         """A configured limit does not adapt."""
+
+    def _has_room(self) -> bool:
+        now = anyio.current_time()
+        while self._ended and self._ended[0] + self._per <= now:
+            self._ended.popleft()
+        return self._in_flight + len(self._ended) < self._requests
+
+    async def _wait_for_room(self) -> None:
+        # Room comes when the oldest end leaves the window, or when a permit held
+        # in flight is given back unused.
+        self._change = anyio.Event()
+        if not self._ended:
+            await self._change.wait()
+            return
+        with anyio.move_on_after(self._ended[0] + self._per - anyio.current_time()) as timer:
+            await self._change.wait()
+        if timer.cancelled_caught:
+            # Its time in the window is over (popped here: the clock's arithmetic
+            # may put "now" a hair short of ended + per).
+            self._ended.popleft()
 
 
 class AdaptiveRate:
@@ -125,14 +168,21 @@ class AdaptiveRate:
     least ``_SHARE`` of the last ``_WINDOW`` responses. A sprinkle of isolated
     429s (1% of responses) practically never reaches that: it does not throttle
     a bulk run.
-    Then the rate becomes ``_DECREASE`` times the rate the server accepted over
-    those responses (or the current rate, if lower), and no further decrease
-    happens for a while, since requests sent at the old rate are still coming
-    back. Each success adds a small step, so the rate climbs back over a few
-    hundred requests. 429s with a ``Retry-After`` pause the client instead.
+    Then the rate becomes ``_DECREASE`` times the rate the server accepted (or
+    the current rate, if lower), and no further decrease happens for a while,
+    since requests sent at the old rate are still coming back. The accepted rate
+    is measured over the successes of the last ``_SPAN`` seconds, or the last
+    ``_WINDOW`` successes if those took longer: it rests on enough of them at a
+    low rate, and on a whole second at a high one (where ``_WINDOW`` come back
+    in a fraction of a second). Requests still in flight count as accepted: a
+    429 comes back sooner than a success, so when the 429s begin, the successes
+    sent before them are mostly still on their way.
+    Each success adds a small step, so the rate climbs back over a few hundred
+    requests. 429s with a ``Retry-After`` pause the client instead.
     """
 
     _WINDOW: Final = 100
+    _SPAN: Final = 1.0
     _TRIGGER: Final = 10
     _SHARE: Final = 0.1
     _DECREASE: Final = 0.7
@@ -144,6 +194,8 @@ class AdaptiveRate:
         self._outcomes: collections.deque[tuple[float, bool]] = collections.deque(
             maxlen=self._WINDOW
         )
+        self._accepted: collections.deque[float] = collections.deque()
+        self._in_flight = 0
         self._step = 0.0
         self._hold_until = 0.0
         self._next_send = 0.0
@@ -152,6 +204,7 @@ class AdaptiveRate:
     async def acquire(self) -> bool:
         """Wait for the next paced send time; True when that meant waiting."""
         if self.rate is None:
+            self._in_flight += 1
             return False
         waited = self._lock.locked()
         async with self._lock:
@@ -160,33 +213,64 @@ class AdaptiveRate:
             self._next_send = send_at + 1.0 / self.rate
             if send_at > now:
                 await anyio.sleep(send_at - now)
-                return True
+                waited = True
+            self._in_flight += 1
             return waited
+
+    def release(self, *, sent: bool) -> None:
+        """The exchange ended (or never began): it is no longer in flight."""
+        self._in_flight -= 1
 
     def record(self, *, limited: bool) -> None:
         """Feed back one response: was it a 429 without a Retry-After?"""
         now = anyio.current_time()
         self._outcomes.append((now, limited))
         if not limited:
+            self._note_accepted(now)
             if self.rate is not None:
                 self.rate += self._step
             return
         limited_count = sum(1 for _, was_limited in self._outcomes if was_limited)
         sustained = limited_count >= max(self._TRIGGER, self._SHARE * len(self._outcomes))
         if sustained and now >= self._hold_until:
-            self._decrease(now, limited_count)
+            self._decrease(now)
 
-    def _decrease(self, now: float, limited_count: int) -> None:
-        span = max(1.0, now - self._outcomes[0][0])
-        accepted = len(self._outcomes) - limited_count
+    def _note_accepted(self, now: float) -> None:
+        accepted = self._accepted
+        accepted.append(now)
+        while len(accepted) > self._WINDOW and accepted[0] <= now - self._SPAN:
+            accepted.popleft()
+
+    def _decrease(self, now: float) -> None:
         # The rate the server accepted; if it accepted nothing, what was sent.
-        estimate = (accepted or len(self._outcomes)) / span
+        if self._accepted:
+            accepted = len(self._accepted) + self._in_flight
+            estimate = accepted / max(self._SPAN, now - self._accepted[0])
+        else:
+            estimate = len(self._outcomes) / max(self._SPAN, now - self._outcomes[0][0])
         current = estimate if self.rate is None else min(self.rate, estimate)
         self.rate = max(self._MIN_RATE, current * self._DECREASE)
         self._step = (current - self.rate) / self._RECOVERY_REQUESTS
         self._hold_until = now + max(1.0, 2.0 / self.rate)
         self._next_send = max(self._next_send, now + 1.0 / self.rate)
         self._outcomes.clear()
+
+
+class Permit:
+    """A request's place under the rate limit, from before its send until its
+    exchange ends."""
+
+    def __init__(self, limiter: SlidingWindow | AdaptiveRate, *, waited: bool) -> None:
+        self.waited = waited
+        self._limiter = limiter
+        self._held = True
+
+    def end(self, *, sent: bool = True) -> None:
+        """The exchange ended (its request counts from now), or with ``sent=False``
+        never began (the place goes back). Only the first call counts."""
+        if self._held:
+            self._held = False
+            self._limiter.release(sent=sent)
 
 
 class Throttle:
@@ -198,16 +282,22 @@ class Throttle:
         )
         self._paused_until = 0.0
 
+    @asynccontextmanager
+    async def permit(self) -> AsyncGenerator[Permit]:
+        """Wait for a permit, held for the block; the exchange ends it (:meth:`Permit.end`),
+        and if none did, leaving the block gives it back unused."""
+        permit = Permit(self.limiter, waited=await self.limiter.acquire())
+        try:
+            yield permit
+        finally:
+            permit.end(sent=False)
+
     def pause(self, seconds: float) -> None:
-        """Hold every new request for ``seconds`` (the account is throttled)."""
+        """Hold every send for ``seconds`` (the account is throttled)."""
         if backoff_is_instant():
             return
         self._paused_until = max(self._paused_until, anyio.current_time() + seconds)
 
-    async def wait_pause(self) -> bool:
-        """Wait out a pause, if any; True when that meant waiting."""
-        delay = self._paused_until - anyio.current_time()
-        if delay <= 0:
-            return False
-        await anyio.sleep(delay)
-        return True
+    def pause_left(self) -> float:
+        """The seconds the pause still runs; 0.0 when there is none."""
+        return max(0.0, self._paused_until - anyio.current_time())

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
-from collections.abc import AsyncIterator
+import selectors
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -83,9 +86,35 @@ def own_pool_connections(monkeypatch: pytest.MonkeyPatch) -> CountingBackend:
     return connections
 
 
+class SlowConnectBackend(httpcore.AsyncNetworkBackend):
+    """Opens each connection ``delay`` seconds late, as to a server far away."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = httpcore.AnyIOBackend()
+        self.delay = delay
+
+    async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        await self.inner.sleep(self.delay)
+        return await self.inner.connect_tcp(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+@pytest.fixture
+def slow_connections(monkeypatch: pytest.MonkeyPatch) -> SlowConnectBackend:
+    """Every connection of the own pool of every client the test creates takes 30 ms."""
+    backend = SlowConnectBackend(0.03)
+    monkeypatch.setattr(httpcore, "AnyIOBackend", lambda: backend)
+    return backend
+
+
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    backend = str(request.param)
+    if request.node.get_closest_marker("virtual_clock"):
+        return backend, virtual_clock_options(backend)
+    return backend
 
 
 @pytest.fixture
@@ -107,3 +136,61 @@ async def client(fake: FakeCcm) -> AsyncIterator[AsyncCcmClient]:
     """A single-attempt client: each error is seen as the API sent it."""
     async with fake.client(retry=None) as client:
         yield client
+
+
+# -- a virtual clock ---------------------------------------------------------------
+#
+# A test marked ``virtual_clock`` runs on a clock that jumps ahead whenever every
+# task waits on time alone: a minute of sleeps and timeouts takes no real time,
+# and what the test measures with ``anyio.current_time()`` depends on no
+# machine's speed. Trio has it (MockClock); for asyncio, a loop whose selector
+# moves the loop's time on by the timeout instead of blocking for it. Neither
+# waits for a thread or a socket's peer before jumping: such tests use FakeCcm
+# in-process (fake.client()).
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "virtual_clock: run on a clock that jumps over idle waits (no wall time)"
+    )
+
+
+class _AutojumpSelector(selectors.DefaultSelector):
+    """Polls without blocking; when nothing is ready, moves the time on by the timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(None if timeout is None else 0)
+        if not ready and timeout:
+            self.now += timeout
+        return ready
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop on a virtual clock: it never sleeps for a timer, it jumps to it."""
+
+    def __init__(self) -> None:
+        self._autojump = _AutojumpSelector()
+        super().__init__(self._autojump)
+
+    def time(self) -> float:
+        return self._autojump.now
+
+
+def virtual_clock_options(backend: str) -> dict[str, Any]:
+    """anyio's backend options for a virtual clock, new for each test."""
+    if backend == "trio":
+        from trio.testing import MockClock
+
+        return {"clock": MockClock(autojump_threshold=0)}
+    return {"loop_factory": VirtualClockLoop}
+
+
+def most_in_any_window(times: Iterable[float], *, per: float) -> int:
+    """The most of ``times`` that fall in any window ``[t, t + per)``: what a server's
+    sliding window of ``per`` seconds counted at its fullest."""
+    ordered = sorted(times)
+    return max((bisect.bisect_left(ordered, t + per) - i for i, t in enumerate(ordered)), default=0)

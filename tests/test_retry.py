@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import logging
 import random
 import time
+import types
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -28,11 +30,12 @@ from ccm_async import (
     RetryPolicy,
     ServerError,
     TransportError,
+    _errors,
 )
 from ccm_async._config import DEFAULT_TIMEOUT
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
-from .conftest import stand_in_client
+from .conftest import most_in_any_window, stand_in_client
 
 pytestmark = pytest.mark.anyio
 
@@ -149,21 +152,29 @@ async def test_transport_errors_are_retried_over_a_socket() -> None:
         assert client.stats.retries == 3
 
 
-async def test_retry_after_is_waited_exactly(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.virtual_clock
+async def test_retry_after_is_waited_exactly(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake = FakeCcm(generate=True)
     fake.fail("s1", Fault.rate_limited(retry_after=7), times=1)
     fake.fail("s2", Fault.html(503, retry_after=3), times=1)
-    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    # An HTTP date counts from the wall clock: hold it still, on a whole second.
+    now = float(int(time.time()))
+    monkeypatch.setattr(_errors, "time", types.SimpleNamespace(time=lambda: now))
+    when = email.utils.formatdate(now + 30, usegmt=True)
     fake.fail("s3", Fault.rate_limited(retry_after=when), times=1)
     caplog.set_level(logging.WARNING, logger="ccm_async")
-    async with fake.client() as client:
-        with instant_backoff():
-            for sid in ("s1", "s2", "s3"):
-                await client.get_call(sid)
-    waits = {record.call_sid: record.wait for record in caplog.records}  # type: ignore[attr-defined]
-    assert waits["s1"] == 7.0
-    assert waits["s2"] == 3.0
-    assert 28.0 <= waits["s3"] <= 30.0
+    async with fake.client(retry=RetryPolicy(timeout=60)) as client:
+        for sid in ("s1", "s2", "s3"):
+            await client.get_call(sid)
+    arrivals: dict[str, list[float]] = collections.defaultdict(list)
+    for request in fake.requests:
+        arrivals[str(request.call_sid)].append(request.time)
+    waited = {sid: second - first for sid, (first, second) in arrivals.items()}
+    assert waited == {"s1": 7.0, "s2": 3.0, "s3": 30.0}
+    logged = {record.call_sid: record.wait for record in caplog.records}  # type: ignore[attr-defined]
+    assert logged == {"s1": 7.0, "s2": 3.0, "s3": 30.0}
 
 
 async def test_retry_after_longer_than_allowed_gives_up_at_once() -> None:
@@ -180,6 +191,7 @@ async def test_retry_after_longer_than_allowed_gives_up_at_once() -> None:
         assert info.value.attempts == 1
 
 
+@pytest.mark.virtual_clock
 async def test_backoff_longer_than_the_deadline_gives_up() -> None:
     fake = FakeCcm(generate=True)
     fake.fail("s1", Fault.server_error())
@@ -260,6 +272,7 @@ async def test_lookup_deadline_bounds_a_server_that_never_answers() -> None:
     assert client.timeout.read == 10.0
 
 
+@pytest.mark.virtual_clock
 async def test_queueing_for_a_first_slot_does_not_count() -> None:
     fake = FakeCcm(generate=True)
     fake.fail("hang", Fault.hang())
@@ -270,6 +283,7 @@ async def test_queueing_for_a_first_slot_does_not_count() -> None:
     assert not isinstance(results["ok"], CcmError)
 
 
+@pytest.mark.virtual_clock
 async def test_no_slot_is_held_while_waiting() -> None:
     fake = FakeCcm(generate=True)
     fake.fail("flaky", Fault.html(503, retry_after=1), times=1)
@@ -360,6 +374,7 @@ async def test_soak_mix_is_fully_retried_and_not_throttled() -> None:
     assert client.stats.adaptive_rate is None
 
 
+@pytest.mark.virtual_clock
 async def test_adapts_to_an_unknown_rate_limit() -> None:
     fake = FakeCcm(generate=True, rate_limit=RateLimit(requests=20, per=1.0))
     sids = [f"s{i}" for i in range(600)]
@@ -372,25 +387,19 @@ async def test_adapts_to_an_unknown_rate_limit() -> None:
     assert client.stats.adaptive_rate is not None
 
 
+@pytest.mark.virtual_clock
 async def test_configured_rate_limit_is_a_sliding_window() -> None:
     fake = FakeCcm(generate=True)
-    arrivals: list[float] = []
-    original = fake._delay
-
-    async def record_arrival() -> None:
-        arrivals.append(time.monotonic())
-        await original()
-
-    fake._delay = record_arrival  # type: ignore[method-assign]
     async with fake.client(rate_limit=RateLimit(requests=10, per=0.5)) as client:
         await lookup_all(client, [f"s{i}" for i in range(35)])
+    arrivals = [request.time for request in fake.requests]
     assert len(arrivals) == 35
-    slack = 0.005  # scheduling between the client's permit and the fake's clock
-    for i in range(len(arrivals) - 10):
-        assert arrivals[i + 10] - arrivals[i] >= 0.5 - slack
+    assert most_in_any_window(arrivals, per=0.5) == 10
+    assert max(arrivals) - min(arrivals) == 1.5  # 10 at 0, 0.5 and 1.0 s, and 5 at 1.5 s
     assert client.stats.rate_limit_waits >= 25
 
 
+@pytest.mark.virtual_clock
 async def test_retry_after_on_429_pauses_the_whole_client() -> None:
     fake = FakeCcm(generate=True)
     fake.fail("s1", Fault.rate_limited(retry_after=1), times=1)
@@ -405,6 +414,82 @@ async def test_retry_after_on_429_pauses_the_whole_client() -> None:
                 await client.get_call("s3")
             await client.get_call("s4")
         assert client.stats.rate_limit_waits == 1
+
+
+def a_day_ahead(header: str) -> str:
+    if header == "seconds":
+        return "86400"
+    return email.utils.formatdate(time.time() + 86_400, usegmt=True)
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("header", ["seconds", "http-date"])
+async def test_a_day_long_pause_fails_later_lookups_at_once(header: str) -> None:
+    fake = FakeCcm(generate=True)
+    fake.fail("first", Fault.rate_limited(retry_after=a_day_ahead(header)), times=1)
+    async with fake.client() as client:
+        with pytest.raises(RateLimitError):
+            await client.get_call("first")
+        start = anyio.current_time()
+        results = await client.get_calls([f"s{i}" for i in range(100)])
+        assert anyio.current_time() == start
+    assert fake.request_count == 1
+    for result in results:
+        error = result.error
+        assert isinstance(error, RateLimitError)
+        assert error.http_status == 429
+        assert error.call_sid == result.call_sid
+        assert error.attempts == 0
+        assert error.retry_after is not None
+        assert 86_390 < error.retry_after <= 86_400
+
+
+@pytest.mark.virtual_clock
+async def test_a_pause_past_the_deadline_fails_a_new_lookup_at_once() -> None:
+    fake = FakeCcm(generate=True)
+    fake.fail("first", Fault.rate_limited(retry_after=30), times=1)
+    async with fake.client(retry=RetryPolicy(timeout=5)) as client:
+        with pytest.raises(RateLimitError):
+            await client.get_call("first")
+        start = anyio.current_time()
+        with pytest.raises(RateLimitError) as info:
+            await client.get_call("next")
+        assert anyio.current_time() == start
+    assert info.value.retry_after == 30
+    assert info.value.attempts == 0
+    assert info.value.call_sid == "next"
+    assert fake.requests_for("next") == 0
+
+
+@pytest.mark.virtual_clock
+async def test_no_lookup_waits_for_a_permit_past_its_deadline() -> None:
+    fake = FakeCcm(generate=True)
+    limit = RateLimit(requests=1, per=60)
+    async with fake.client(rate_limit=limit, retry=RetryPolicy(timeout=5)) as client:
+        await client.get_call("first")
+        start = anyio.current_time()
+        with pytest.raises(RequestTimeoutError) as info:
+            await client.get_call("next")
+        assert anyio.current_time() - start == 5
+    assert info.value.deadline_exceeded
+    assert info.value.attempts == 0
+    assert fake.requests_for("next") == 0
+
+
+@pytest.mark.virtual_clock
+async def test_a_pause_holds_back_lookups_already_holding_a_slot() -> None:
+    fake = FakeCcm(generate=True, latency=0.1)
+    fake.fail("first", Fault.rate_limited(retry_after=2), times=1)
+    sids = ["first", *(f"s{i}" for i in range(9))]
+    # One slot, ten lookups: each gets the slot while the pause runs.
+    async with fake.client(max_concurrency=1) as client:
+        results = await client.get_calls(sids, concurrency=10)
+    assert all(result.ok for result in results)
+    rejected, *later = fake.requests
+    assert rejected.status == 429
+    assert len(later) == 10
+    pause_end = rejected.time + 0.1 + 2.0  # the 429 was answered 0.1 s after it arrived
+    assert min(request.time for request in later) == pytest.approx(pause_end)
 
 
 async def test_logs_each_attempt_and_each_retry(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,7 +14,6 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypedDict
@@ -158,13 +157,19 @@ class FakeCredentials(TypedDict):
 
 @attrs.frozen
 class RecordedRequest:
-    """A request FakeCcm saw, and the status it answered (0 when it never answered)."""
+    """A request FakeCcm saw, and the status it answered (0 when it never answered).
+
+    ``time`` is when it arrived, by ``anyio.current_time()`` of the loop serving it:
+    in-process that is the test's own clock (virtual, if the test's is), on a
+    socket the monotonic clock of the server's thread.
+    """
 
     method: str
     path: str
     query: str
     call_sid: str | None
     status: int
+    time: float
 
 
 @attrs.define
@@ -185,7 +190,8 @@ class FakeCcm:
     ``(low, high)`` range), and records the last ``log_size`` requests. With
     ``rate_limit`` it answers 429 to requests beyond that many in any window (a
     sliding window per account, as a server counts), with a ``Retry-After`` when
-    ``rate_limit_retry_after`` is set.
+    ``rate_limit_retry_after`` is set. Its clock is ``anyio.current_time()``: in a
+    test on a virtual clock, its latency and its window run on that clock too.
 
     Use it in-process with :meth:`client` (fast), or on a real socket with
     :meth:`serve` (needs ``ccm-async[testing]``) for what only a socket shows:
@@ -343,6 +349,7 @@ class FakeCcm:
             return
         if scope["type"] != "http":
             return
+        arrived = anyio.current_time()
         self.request_count += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -359,6 +366,7 @@ class FakeCcm:
                     query=bytes(scope.get("query_string", b"")).decode("latin-1"),
                     call_sid=match["sid"] if match else None,
                     status=status,
+                    time=arrived,
                 )
             )
 
@@ -393,10 +401,14 @@ class FakeCcm:
         """None if the rate limit admits a request now, else the seconds until it would."""
         if self.rate_limit is None:
             return None
-        now = time.monotonic()
+        now = anyio.current_time()
         admitted = self._admitted
-        if len(admitted) == admitted.maxlen and now - admitted[0] < self.rate_limit.per:
-            return admitted[0] + self.rate_limit.per - now
+        if len(admitted) == admitted.maxlen:
+            # The oldest, admitted at t, counts until t + per: the sum, as a client's
+            # window computes it (now - t can round to just under per).
+            counted_until = admitted[0] + self.rate_limit.per
+            if now < counted_until:
+                return counted_until - now
         admitted.append(now)
         return None
 
@@ -438,6 +450,10 @@ class FakeCcm:
             # the server closes one just as the client reuses it.
             timeout_keep_alive=60,
             backlog=4096,
+            # asyncio's loop, not uvloop's: the fake's clock (its rate-limit window,
+            # RecordedRequest.time) then has the monotonic clock's resolution, where
+            # uvloop's counts whole milliseconds.
+            loop="asyncio",
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
