@@ -51,6 +51,7 @@ from ccm_async._errors import (
     ConfigurationError,
 )
 from ccm_async._models import AgentDetails, CallDetails, CallResult, CustomerDetails
+from ccm_async._retry import RetryPolicy
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
 
@@ -193,8 +194,19 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
         rate=rate,
         resume=resume,
     )
-    client = _client_from_env(max_concurrency=concurrency, rate_limit=rate)
+    client = _client_from_env(max_concurrency=concurrency, rate_limit=rate, retry=_retry_for(rate))
     sys.exit(run_fetch(client, options))
+
+
+def _retry_for(rate: RateLimit | None) -> RetryPolicy:
+    """The default policy, with a deadline that outlasts one window of ``rate``.
+
+    A retry's wait for a permit counts against its deadline: after a full
+    window, the next permit can be ``per`` seconds away.
+    """
+    if rate is None:
+        return RetryPolicy()
+    return RetryPolicy(timeout=min(3600.0, max(RetryPolicy().timeout, 2 * rate.per)))
 
 
 def run_fetch(client: AsyncCcmClient, options: FetchOptions) -> int:

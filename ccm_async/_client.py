@@ -382,25 +382,28 @@ class AsyncCcmClient:
     async def _attempt(self, lookup: Lookup) -> CallDetails:
         if lookup.attempts:
             self._counters.retries += 1
-        # The deadline runs from the first slot (queueing for it does not count), or
-        # from the start of a wait for the client's pause if that comes first; from
-        # then on the lookup queues for slots ahead of first attempts. The pause is
-        # waited holding nothing, and looked at again just before the send: it may
-        # have begun (another lookup's 429) while this one waited for a slot or a
-        # permit.
+        # The deadline runs from the first send, or from the start of a wait for the
+        # client's pause if that comes first. Queueing for a first slot and a first
+        # permit does not count: those are the client's own bounds, which a bulk
+        # fetch at 200/min waits on by design. From then on every wait counts, and
+        # the lookup queues for slots ahead of first attempts. The pause is waited
+        # holding nothing, and looked at again just before the send: it may have
+        # begun (another lookup's 429) while this one waited for a slot or a permit.
         while True:
             if await lookup.wait_out_pause(self._throttle.pause_left()):
                 self._counters.rate_limit_waits += 1
             with anyio.CancelScope(deadline=lookup.deadline) as scope:
-                async with self._slots.hold(retry=lookup.started):
+                async with (
+                    self._slots.hold(retry=lookup.started),
+                    self._throttle.permit() as permit,
+                ):
                     lookup.start()
                     scope.deadline = lookup.deadline
-                    async with self._throttle.permit() as permit:
-                        if permit.waited:
-                            self._counters.rate_limit_waits += 1
-                        if not self._throttle.pause_left():
-                            lookup.attempts += 1
-                            return await self._exchange(lookup.call_sid, lookup.attempts, permit)
+                    if permit.waited:
+                        self._counters.rate_limit_waits += 1
+                    if not self._throttle.pause_left():
+                        lookup.attempts += 1
+                        return await self._exchange(lookup.call_sid, lookup.attempts, permit)
             if scope.cancelled_caught:
                 raise lookup.deadline_error()
 

@@ -85,9 +85,10 @@ class RetryPolicy:
         wait_initial: the first backoff's upper bound, in seconds.
         wait_max: the cap on any backoff, in seconds.
         timeout: the lookup's deadline in seconds, over every wait (the client's
-            pause, a rate-limit permit, backoff) and attempt. It starts when the
-            lookup gets its first concurrency slot (queueing for that slot does
-            not count), or when it begins waiting out the client's pause, if sooner.
+            pause, a retry's slot and rate-limit permit, backoff) and attempt. It
+            starts at the first send, or when the lookup begins waiting out the
+            client's pause, if sooner: queueing for a first slot and a first
+            permit (the client's own bounds) does not count.
         budget_tokens: the retry budget (gRPC retry throttling), shared by all
             lookups of a client: every failed attempt takes a token, every
             success gives back ``budget_refill``, and retries happen only while

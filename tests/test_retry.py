@@ -462,18 +462,23 @@ async def test_a_pause_past_the_deadline_fails_a_new_lookup_at_once() -> None:
 
 
 @pytest.mark.virtual_clock
-async def test_no_lookup_waits_for_a_permit_past_its_deadline() -> None:
+async def test_a_retry_never_waits_for_a_permit_past_its_deadline() -> None:
     fake = FakeCcm(generate=True)
-    limit = RateLimit(requests=1, per=60)
+    fake.fail("retried", Fault.server_error(), times=1)
+    limit = RateLimit(requests=2, per=60)
     async with fake.client(rate_limit=limit, retry=RetryPolicy(timeout=5)) as client:
         await client.get_call("first")
         start = anyio.current_time()
         with pytest.raises(RequestTimeoutError) as info:
-            await client.get_call("next")
-        assert anyio.current_time() - start == 5
-    assert info.value.deadline_exceeded
-    assert info.value.attempts == 0
-    assert fake.requests_for("next") == 0
+            await client.get_call("retried")  # its retry finds the window full
+        assert anyio.current_time() - start == pytest.approx(5)
+        assert info.value.deadline_exceeded
+        assert info.value.attempts == 1
+        # A first attempt queues for its permit (the client's own bound), as for a slot.
+        start = anyio.current_time()
+        assert (await client.get_call("queued")).call_sid == "queued"
+        assert anyio.current_time() - start == pytest.approx(55, abs=0.5)
+    assert fake.requests_for("retried") == 1
 
 
 @pytest.mark.virtual_clock
