@@ -28,6 +28,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
+from ccm_async._config import call_sid_of
 from ccm_async._models import CallResult
 
 __all__ = ["gather_results", "stream_results"]
@@ -57,8 +58,11 @@ async def stream_results(
                     if item is _END:
                         return
                     outcome = await result(item)
-                except Exception as exc:
-                    # The source failed, or the batch must stop: raised below, unwrapped.
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:
+                    # The source failed (KeyboardInterrupt and SystemExit included), or
+                    # the batch must stop: raised below, unwrapped, in the caller's task.
                     stopped_by.append(exc)
                     group.cancel_scope.cancel()
                     return
@@ -94,13 +98,19 @@ async def gather_results(
 ) -> list[CallResult]:
     """One result per input position, in input order; each distinct SID looked up once."""
     items = list(items)
-    distinct = dict.fromkeys(item for item in items if isinstance(item, str))
+    # Keyed by the plain string: a str subclass's own hash or __str__ (an Enum's)
+    # must not split one SID in two. A non-string is never a SID (and may not be
+    # hashable): its result is made on its own.
+    keys = [call_sid_of(item) if isinstance(item, str) else None for item in items]
+    distinct = dict.fromkeys(key for key in keys if key is not None)
     by_sid: dict[str, CallResult] = {}
     async with stream_results(distinct, result=result, concurrency=concurrency) as results:
         async for outcome in results:
             by_sid[outcome.call_sid] = outcome
-    # A non-string is never a SID (and may not be hashable): its result is made here.
-    return [by_sid[item] if isinstance(item, str) else await result(item) for item in items]
+    return [
+        by_sid[key] if key is not None else await result(item)
+        for key, item in zip(keys, items, strict=True)
+    ]
 
 
 def _aiter(items: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:

@@ -28,6 +28,7 @@ from ccm_async._config import (
     DEFAULT_TIMEOUT,
     Credentials,
     Region,
+    call_sid_of,
     check_timeout,
     resolve_base_url,
     settings_from_env,
@@ -45,6 +46,7 @@ from ccm_async._errors import (
     TransportError,
     WaitTimeoutError,
     forget_frames,
+    shown,
 )
 from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._http import client_engine, current_loop, own_engine
@@ -131,8 +133,11 @@ class AsyncCcmClient:
         self._cache = TerminalCache(cache_size)
         self._flights: SingleFlight[CallDetails] = SingleFlight()
         self._group: anyio.abc.TaskGroup | None = None
-        self._owner: int | None = None
-        self._policy = retry or _SINGLE_ATTEMPT
+        self._running: set[anyio.CancelScope] = set()
+        _check_type("retry", retry, RetryPolicy)
+        _check_type("rate_limit", rate_limit, RateLimit)
+        _check_type("http_client", http_client, httpx.AsyncClient)
+        self._policy = _SINGLE_ATTEMPT if retry is None else retry
         self._budget = RetryBudget(self._policy.budget_tokens, self._policy.budget_refill)
         self._rate_limit = rate_limit
         self._throttle = Throttle(rate_limit)
@@ -205,7 +210,6 @@ class AsyncCcmClient:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
-        self._owner = anyio.get_current_task().id
         return self
 
     async def __aexit__(
@@ -214,28 +218,23 @@ class AsyncCcmClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close(exit_group=True)
-
-    async def aclose(self) -> None:
-        """Cancel lookups still running; close the pool unless the ``http_client`` was yours.
-
-        Lookups and batches running then raise :class:`ClientClosedError`. Called
-        from another task than the one in ``async with``, it cancels and closes
-        at once, and the ``async with`` block's end finishes the job.
-        """
-        owner = self._group is not None and anyio.get_current_task().id == self._owner
-        await self._close(exit_group=owner)
-
-    async def _close(self, *, exit_group: bool) -> None:
-        self._closed = True
-        # The flights, not the group: the group's scope also holds the body of
-        # the ``async with`` block, which is the owner's to end.
-        self._flights.cancel_all()
-        if self._group is not None and exit_group:
-            # A task group is left by the task that entered it, where it was entered.
-            group, self._group = self._group, None
+        await self.aclose()
+        group, self._group = self._group, None
+        if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """Close the client: lookups and batches still running raise ClientClosedError.
+
+        Safe from any task, also while the ``async with`` block runs (whose end then
+        finishes the job); the pool is closed unless the ``http_client`` was yours.
+        """
+        self._closed = True
+        # The lookups themselves, not the task group: the group's scope also holds
+        # the body of the ``async with`` block, which is its owner's to end.
+        for scope in self._running:
+            scope.cancel()
         await self._engine.aclose()
 
     async def get_call(self, call_sid: str) -> CallDetails:
@@ -353,20 +352,30 @@ class AsyncCcmClient:
         except _STOPS_THE_BATCH:
             raise
         except CcmError as exc:
+            forget_frames(exc)  # again: the frames of single-flight's task have ended now
             return CallResult(call_sid=_sid_of(item, exc), error=exc)
-        return CallResult(call_sid=str(item), call=call)  # get_call took it: a str
+        return CallResult(call_sid=call_sid_of(item), call=call)
 
     async def _lookup(self, call_sid: str) -> CallDetails:
         self._follow_the_event_loop()
         lookup = Lookup(call_sid, self._policy, self._budget, self._counters.deny_retry)
-        try:
-            call = await lookup.run(self._attempt)
-        except CcmError as exc:
-            # A failed lookup's frames hold its response body: a kept error keeps only itself.
-            forget_frames(exc)
-            raise
-        self._cache.put(call_sid, call)
-        return call
+        # Cancelled by aclose(), from any task: the lookup then ends as ClientClosedError.
+        with anyio.CancelScope() as scope:
+            self._running.add(scope)
+            try:
+                call = await lookup.run(self._attempt)
+            except CcmError as exc:
+                if exc.call_sid is None:
+                    exc.call_sid = call_sid  # every error is about the SID it failed for
+                # A failed lookup's frames hold its response body: a kept error keeps
+                # only itself.
+                forget_frames(exc)
+                raise
+            finally:
+                self._running.discard(scope)
+            self._cache.put(call_sid, call)
+            return call
+        raise ClientClosedError("the client was closed during the lookup", call_sid=call_sid)
 
     def _follow_the_event_loop(self) -> None:
         # Waits, pauses and windows are times on the loop's own clock, and its
@@ -470,6 +479,14 @@ class _Counters:
         self.budget_denials += 1
 
 
+def _check_type(name: str, value: object, expected: type) -> None:
+    if value is not None and not isinstance(value, expected):
+        raise ConfigurationError(
+            f"{name} must be a {expected.__module__}.{expected.__qualname__} or None, "
+            f"not {type(value).__name__}"
+        )
+
+
 def _check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
@@ -484,4 +501,4 @@ def _pool_size(http_client: httpx.AsyncClient) -> int | None:
 
 def _sid_of(item: object, error: CcmError) -> str:
     # A non-string item is named by its error's short printable repr.
-    return item if isinstance(item, str) else error.call_sid or repr(item)[:80]
+    return call_sid_of(item) if isinstance(item, str) else error.call_sid or shown(item)

@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
@@ -24,6 +25,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "Credentials",
     "Region",
+    "call_sid_of",
     "check_timeout",
     "resolve_base_url",
     "settings_from_env",
@@ -94,14 +96,20 @@ def _check_header_safe(value: object, name: str) -> None:
         raise ConfigurationError(f"{name} contains characters an API credential never has")
 
 
+def call_sid_of(item: object) -> str:
+    """The plain string a str item holds (a ``StrEnum`` member's value, not its name)."""
+    return str.__str__(item) if isinstance(item, str) else str(item)
+
+
 def validate_call_sid(call_sid: object) -> str:
     """Return ``call_sid`` if it can be a CCM call SID, else raise InvalidCallSidError.
 
     1-64 characters of ``[A-Za-z0-9_-]``: nothing that could change the request's
-    path, query or headers.
+    path, query or headers. A ``str`` subclass (a ``StrEnum`` member, say) comes
+    back as the plain string it holds, whatever its ``__str__`` or hash.
     """
     if isinstance(call_sid, str) and _SID.fullmatch(call_sid):
-        return call_sid
+        return call_sid_of(call_sid)
     carried = shown(call_sid)
     quoted = f"'{carried}'" if isinstance(call_sid, str) else carried
     raise InvalidCallSidError(
@@ -155,9 +163,12 @@ def resolve_base_url(region: Region | str, base_url: str | None) -> str:
             raise ConfigurationError(
                 f"unknown region {region!r}: expected one of {known}"
             ) from None
+    if not isinstance(base_url, str):
+        raise ConfigurationError(f"base_url must be a string, not {type(base_url).__name__}")
+    _check_url_text(base_url)
     try:
         url = httpx.URL(base_url)
-    except (httpx.InvalidURL, TypeError) as exc:
+    except httpx.InvalidURL as exc:
         raise ConfigurationError(f"base_url is not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError("base_url must be an absolute http(s) URL")
@@ -170,6 +181,20 @@ def resolve_base_url(region: Region | str, base_url: str | None) -> str:
             "base_url must use https (plain http is allowed only for loopback hosts)"
         )
     return str(url).rstrip("/")
+
+
+def _check_url_text(base_url: str) -> None:
+    # httpx drops an empty query or fragment and reads '+80', '4_0', or non-ASCII
+    # digits as a port; refuse what it would quietly reinterpret.
+    if "?" in base_url or "#" in base_url:
+        raise ConfigurationError("base_url must not carry credentials, a query or a fragment")
+    try:
+        host_and_port = urllib.parse.urlsplit(base_url).netloc.rpartition("@")[2]
+    except ValueError as exc:  # an unclosed IPv6 bracket, say
+        raise ConfigurationError(f"base_url is not a valid URL: {exc}") from None
+    _, colon, port = host_and_port.rpartition("]")[2].rpartition(":")  # past an IPv6 host
+    if colon and not (port.isascii() and port.isdigit()):
+        raise ConfigurationError(f"base_url has port {port[:20]!r}: a port is from 1 to 65535")
 
 
 def _is_loopback(host: str) -> bool:

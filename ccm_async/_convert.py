@@ -34,6 +34,7 @@ __all__ = ["converter", "decode_response", "loads", "structure_call", "unstructu
 
 _E = TypeVar("_E", bound=enum.StrEnum)
 _INTEGER: Final = re.compile(r"[+-]?[0-9]{1,18}")
+_TEXT_LIMIT: Final = 2000
 
 
 def _reject(value: object, expected: str) -> NoReturn:
@@ -147,7 +148,9 @@ def structure_call(data: object, *, path: str = "$") -> CallDetails:
     try:
         return _structure_call_details(data, CallDetails)  # type: ignore[no-any-return]
     except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        raise ResponseFormatError(_describe(exc, path)) from exc
+        # Not chained: the message names each bad field, and cattrs' group of
+        # exceptions (with their tracebacks) would make every kept error heavy.
+        raise ResponseFormatError(_describe(exc, path)) from None
 
 
 def unstructure_call(call: CallDetails) -> dict[str, Any]:
@@ -217,7 +220,9 @@ def _decode(
             raise _foreign_error(http_status, call_sid, retry_after)
         raise ResponseFormatError("response body is not the API's envelope (no response.status)")
     code = response.get("code")
-    status = code if _is_int(code) and 400 <= code <= 599 else http_status
+    # An HTTP status outside 100-599 is no HTTP answer at all: no envelope makes it one.
+    plausible = 100 <= http_status <= 599
+    status = code if plausible and _is_int(code) and 400 <= code <= 599 else http_status
     if response["status"] == "success" and 200 <= status < 300:
         data = response.get("data")
         if data is None:
@@ -293,4 +298,6 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 
 def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    # Kept verbatim up to a bound: an error is often kept (in a result, a log
+    # queue), and a server's 900 KB message would keep the body alive in it.
+    return value[:_TEXT_LIMIT] if isinstance(value, str) else None

@@ -42,11 +42,6 @@ class SingleFlight(Generic[_T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def cancel_all(self) -> None:
-        """Cancel every flight; their callers raise ClientClosedError."""
-        for flight in self._flights.values():
-            flight.scope.cancel()
-
     async def call(
         self, key: str, work: Callable[[], Awaitable[_T]], group: anyio.abc.TaskGroup | None
     ) -> _T:

@@ -309,11 +309,17 @@ def _failures_as_transport_errors(call_sid: str) -> Generator[None]:
     except CcmError:
         raise
     except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
-        raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from exc
+        raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from _safe_cause(exc)
     except Exception as exc:
         # httpx/httpcore errors, or whatever a third-party transport raises: one
         # lookup's failure, not the batch's (the cause keeps the details).
-        raise TransportError(_describe(exc), call_sid=call_sid) from exc
+        raise TransportError(_describe(exc), call_sid=call_sid) from _safe_cause(exc)
+
+
+def _safe_cause(exc: Exception) -> Exception | None:
+    # aiohttp's response errors carry the request, headers and all, in their args
+    # and repr: the Authorization header would show wherever the cause is logged.
+    return None if hasattr(exc, "request_info") else exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -176,6 +176,7 @@ class Lookup:
         self.attempts = 0
         self.deadline = float("inf")
         self.next_wait: float | None = 0.0
+        self._decided_on: BaseException | None = None
         self._on_denied = on_denied
 
     @property
@@ -227,14 +228,14 @@ class Lookup:
                 # need no other, and that setup measured ~20 us a lookup.
                 return await attempt(self)
             except Exception as exc:
-                if not is_retryable(exc) or self._gives_up(exc):
+                if not is_retryable(exc) or self.decide(exc) is None:
                     raise
                 self._log_retry(exc)
             await anyio.sleep(self._sleep_time())
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception(is_retryable),
-                stop=lambda _: self._stop_now(),
-                wait=lambda state: self._plan(_exception(state)),
+                stop=self.stop,
+                wait=self.wait,
                 sleep=anyio.sleep,
                 before_sleep=lambda state: self._log_retry(_exception(state)),
                 reraise=True,
@@ -244,18 +245,41 @@ class Lookup:
             exc.attempts = self.attempts
             raise
 
-    # tenacity asks for the wait before it asks whether to stop: plan the wait
-    # there (None when the lookup must give up) and let the stop read the plan.
-    def _plan(self, exc: BaseException | None) -> float:
-        self.next_wait = self._plan_wait(exc)
+    def stop(self, state: tenacity.RetryCallState) -> bool:
+        """tenacity's stop: give up after this failure?"""
+        return self.decide(_exception(state)) is None
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        """tenacity's wait: seconds to sleep after this failure (0 when giving up)."""
+        self.decide(_exception(state))
         return self._sleep_time()
+
+    def decide(self, exc: BaseException | None) -> float | None:
+        """The wait before the next attempt after the failure ``exc``, or None to give up.
+
+        Decided once per failure, whichever of :meth:`stop` and :meth:`wait`
+        tenacity asks first: the jittered backoff is drawn once and a budget
+        denial counted once, so the order of its callbacks cannot change the
+        answer.
+        """
+        if exc is not self._decided_on or exc is None:
+            self._decided_on = exc
+            self.next_wait = self._choose_wait(exc)
+        return self.next_wait
+
+    def _choose_wait(self, exc: BaseException | None) -> float | None:
+        if self.attempts >= self.policy.attempts:
+            return None
+        wait = self._plan_wait(exc)
+        if wait is None:
+            return None
+        if not self.budget.allows_retry():
+            self._on_denied()
+            return None
+        return wait
 
     def _sleep_time(self) -> float:
         return 0.0 if _instant or self.next_wait is None else self.next_wait
-
-    def _gives_up(self, exc: BaseException) -> bool:
-        self._plan(exc)
-        return self._stop_now()
 
     def _plan_wait(self, exc: BaseException | None) -> float | None:
         retry_after = _retry_after(exc)
@@ -268,14 +292,6 @@ class Lookup:
         # The server's own wait (Retry-After, the pause it set) is kept to exactly,
         # or not at all: a lookup gives up rather than wait past 60 s or its deadline.
         return seconds <= min(_RETRY_AFTER_CAP, self.deadline - anyio.current_time())
-
-    def _stop_now(self) -> bool:
-        if self.attempts >= self.policy.attempts or self.next_wait is None:
-            return True
-        if not self.budget.allows_retry():
-            self._on_denied()
-            return True
-        return False
 
     def _log_retry(self, exc: BaseException | None) -> None:
         logger.warning(

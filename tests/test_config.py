@@ -57,6 +57,13 @@ async def test_regions() -> None:
         "http://127.0.0.1:0",
         "https://x.test:0/",
         "http://127.0.0.1:-1",
+        "http://127.0.0.1:+8080",
+        "http://127.0.0.1:4_0435",
+        "http://127.0.0.1:\u0668\u0660",
+        "http://127.0.0.1:",
+        "http://127.0.0.1:8080?",
+        "http://127.0.0.1:8080#",
+        "https://x.test/calls#frag",
     ],
 )
 def test_bad_base_urls(url: str) -> None:
@@ -223,3 +230,20 @@ async def test_token_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     for text in (caplog.text, repr(info.value), str(info.value), repr(client)):
         assert TOKEN not in text
         assert BASIC not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("retry", 3),
+        ("retry", False),
+        ("retry", {"attempts": 3}),
+        ("rate_limit", 200),
+        ("rate_limit", (200, 60)),
+        ("http_client", httpx.Client()),
+        ("http_client", "http://127.0.0.1"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(name: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        make(**{name: value})

@@ -401,7 +401,11 @@ def test_rfc850_two_digit_years_are_at_most_50_years_ahead() -> None:
 @pytest.mark.parametrize("status", [600, 700, 999])
 def test_a_status_of_600_or_more_is_a_plain_api_error(status: int) -> None:
     assert error_class(status) is ApiError
-    for body in (b"<html>oops</html>", json.dumps({"response": {"status": "failure"}}).encode()):
+    envelopes = [{"status": "failure"}, {"status": "failure", "code": 500}, {"code": 503}]
+    bodies = [b"<html>oops</html>"] + [
+        json.dumps({"response": envelope}).encode() for envelope in envelopes
+    ]
+    for body in bodies:  # no envelope code makes an impossible HTTP status a 5xx
         with pytest.raises(ApiError) as info:
             decode_response(status, body, call_sid="abc")
         assert type(info.value) is ApiError
