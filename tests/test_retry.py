@@ -10,10 +10,12 @@ import random
 import time
 import types
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+import tenacity
 
 from ccm_async import (
     ApiError,
@@ -536,3 +538,55 @@ def test_transport_error_is_retryable_class() -> None:
     deadline.deadline_exceeded = True
     assert not is_retryable(deadline)
     assert not is_retryable(asyncio.CancelledError())
+
+
+def _failed_state(lookup: object, error: BaseException) -> tenacity.RetryCallState:
+    state = tenacity.RetryCallState(tenacity.AsyncRetrying(), None, (lookup,), {})
+    state.set_exception((type(error), error, None))
+    return state
+
+
+@pytest.mark.parametrize("order", ["stop-first", "wait-first"])
+@pytest.mark.parametrize(
+    ("error", "policy", "budget_left", "expected"),
+    [
+        pytest.param(
+            RateLimitError("x", http_status=429, retry_after=2.0), {}, 500, 2.0, id="retry-after"
+        ),
+        pytest.param(
+            RateLimitError("x", http_status=429, retry_after=90.0), {}, 500, None, id="too-long"
+        ),
+        pytest.param(
+            ServerError("x", http_status=500), {"attempts": 1}, 500, None, id="no-attempts-left"
+        ),
+        pytest.param(ServerError("x", http_status=500), {}, 100, None, id="budget-denies"),
+        pytest.param(ServerError("x", http_status=500), {}, 500, "backoff", id="backoff"),
+    ],
+)
+async def test_retry_decisions_do_not_depend_on_tenacitys_call_order(
+    order: str, error: BaseException, policy: dict[str, Any], budget_left: float, expected: object
+) -> None:
+    from ccm_async._retry import Lookup, RetryBudget
+
+    budget = RetryBudget(500, 0.1)
+    for _ in range(int(500 - budget_left)):
+        budget.record_failure()
+    denials: list[None] = []
+    lookup = Lookup("abc", RetryPolicy(**policy), budget, lambda: denials.append(None))
+    lookup.start()
+    lookup.attempts = 1
+    state = _failed_state(lookup, error)
+    if order == "stop-first":
+        stopped, waited = lookup.stop(state), lookup.wait(state)
+    else:
+        waited, stopped = lookup.wait(state), lookup.stop(state)
+    # Asked again (as tenacity may), in the other order: the same answers.
+    assert (lookup.wait(state), lookup.stop(state)) == (waited, stopped)
+    assert stopped is (expected is None)
+    if expected is None:
+        assert waited == 0.0
+    elif expected == "backoff":
+        assert 0.0 <= waited <= RetryPolicy().wait_initial
+    else:
+        assert waited == expected
+    assert len(denials) == (1 if budget_left <= 250 else 0)  # counted once, however asked
