@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("httpx_aiohttp")
+pytest.importorskip("matplotlib")
 
 RUN = Path(__file__).parent.parent / "benchmarks" / "run.py"
 
