@@ -203,7 +203,9 @@ async def test_cancelling_one_waiter_spares_the_others() -> None:
         with anyio.move_on_after(0.02):
             await client.get_call("abandoned")
         await wait_until(lambda: fake.in_flight == 0)
-        assert len(client._flights) == 0
+        # The abandoned flight is gone: the next lookup of that SID is a new request.
+        await client.get_call("abandoned")
+        assert fake.requests_for("abandoned") == 2
 
 
 async def test_a_client_used_without_async_with_still_works() -> None:
@@ -354,10 +356,10 @@ async def test_memory_does_not_grow_with_the_number_of_sids() -> None:
         gc.collect()
         tracemalloc.start()
         try:
-            assert await stream_count(client, 500) == 500
+            assert await stream_count(client, 300) == 300
             _, small_peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            assert await stream_count(client, 5_000) == 5_000
+            assert await stream_count(client, 3_000) == 3_000
             _, large_peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -8,6 +8,8 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+import anyio.abc
 import httpx
 import pytest
 
@@ -22,7 +24,7 @@ from ccm_async import (
     TransportError,
 )
 from ccm_async._config import MAX_BODY_BYTES
-from ccm_async._http import ClientEngine, PoolEngine, read_httpx_response
+from ccm_async._http import read_httpx_response
 from ccm_async.testing import FakeCcm, Fault
 
 from .conftest import SAMPLE_SID, CountingBackend, stand_in_client
@@ -265,16 +267,23 @@ async def test_bad_content_encoding_is_a_format_error(
 
 
 async def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
-        engine = client._engine
-        assert isinstance(engine, ClientEngine)  # requests go through httpx's proxy mounts
-        http_client = await engine._client()
-        proxied = http_client._transport_for_url(httpx.URL(client.base_url))
-        assert proxied is not http_client._transport
-    monkeypatch.delenv("HTTPS_PROXY")
-    async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a") as client:
-        assert isinstance(client._engine, PoolEngine)
+    seen: list[bytes] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            seen.append((await stream.receive()).split(b"\r\n")[0])
+            await stream.send(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio's
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, proxy)
+        async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a", retry=None) as ccm:
+            with pytest.raises(TransportError):
+                await ccm.get_call("abc")
+        group.cancel_scope.cancel()
+    assert seen == [b"CONNECT ccm-api.exotel.com:443 HTTP/1.1"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
