@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("aiohttp")
-pytest.importorskip("httpx_aiohttp")
 
 RUN = Path(__file__).parent.parent / "benchmarks" / "run.py"
 

@@ -129,7 +129,7 @@ async def test_closing_the_client_under_a_batch_raises_one_clear_error(*, entere
 
 
 def test_aiohttp_needs_asyncio() -> None:
-    pytest.importorskip("httpx_aiohttp")
+    pytest.importorskip("aiohttp")
 
     async def construct() -> None:
         AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="aiohttp")
@@ -140,7 +140,7 @@ def test_aiohttp_needs_asyncio() -> None:
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_aiohttp_made_outside_trio_fails_its_first_lookup_under_trio() -> None:
-    pytest.importorskip("httpx_aiohttp")
+    pytest.importorskip("aiohttp")
     # Made where no event loop runs (a module-level client), then used under trio.
     client = await anyio.to_thread.run_sync(
         lambda: AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="aiohttp")
