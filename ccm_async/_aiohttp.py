@@ -29,6 +29,7 @@ import sniffio
 from yarl import URL
 
 from ccm_async._body import decompress, over_declared_cap, read_capped, too_large
+from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._errors import (
     CcmError,
     ConfigurationError,
@@ -159,6 +160,13 @@ async def _read_body(response: aiohttp.ClientResponse, call_sid: str) -> bytes:
     """The raw body, within the cap; a ``Content-Length`` over it is refused unread."""
     if over_declared_cap(response.headers.get("content-length")):
         raise too_large(call_sid)
+    content = response.content
+    if content.is_eof():
+        # All of it is in already (a small body usually is): no stream to read.
+        raw = content.read_nowait()
+        if len(raw) > MAX_BODY_BYTES:
+            raise too_large(call_sid)
+        return raw
 
     async def close() -> None:
         # Past the cap: closing makes the stream raise a ClientConnectionError,
@@ -166,7 +174,7 @@ async def _read_body(response: aiohttp.ClientResponse, call_sid: str) -> bytes:
         response.close()
 
     return await read_capped(
-        response.content.iter_any(),
+        content.iter_any(),
         close=close,
         stream_errors=_STREAM_ERRORS,
         call_sid=call_sid,

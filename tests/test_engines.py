@@ -31,6 +31,7 @@ from ccm_async import (
     RetryPolicy,
     TransportError,
 )
+from ccm_async._config import MAX_BODY_BYTES
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
 from .conftest import SAMPLE_SID
@@ -298,3 +299,27 @@ async def test_aiohttp_many_lookups_within_the_bound() -> None:
     assert fake.request_count == 200
     assert {request.status for request in fake.requests} == {200}
     assert fake.max_in_flight <= 4
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("size", [MAX_BODY_BYTES, MAX_BODY_BYTES + 1])
+async def test_aiohttp_a_body_already_in_is_capped_too(size: int) -> None:
+    pytest.importorskip("aiohttp")
+    import asyncio
+    from types import SimpleNamespace
+    from unittest import mock
+
+    import aiohttp
+
+    from ccm_async._aiohttp import _read_body
+
+    # No Content-Length, and all of the body arrived before it was read.
+    content = aiohttp.StreamReader(mock.Mock(), 2**16, loop=asyncio.get_running_loop())
+    content.feed_data(b" " * size)
+    content.feed_eof()
+    response: Any = SimpleNamespace(headers={}, content=content)
+    if size > MAX_BODY_BYTES:
+        with pytest.raises(ResponseFormatError, match="exceeds"):
+            await _read_body(response, "abc")
+    else:
+        assert len(await _read_body(response, "abc")) == size
