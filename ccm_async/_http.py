@@ -12,8 +12,8 @@ original as its cause. The engines, chosen by the client's ``transport=`` and
 - :class:`ClientEngine`: through ``httpx.AsyncClient.send``; a user's own
   ``http_client`` (its hooks, proxies and TLS settings apply), or ours when the
   environment names proxies (httpx's mounts apply them).
-- :class:`TransportEngine`: straight into an httpx transport (aiohttp's, from
-  httpx-aiohttp).
+- :class:`~ccm_async._aiohttp.AiohttpEngine` (``transport="aiohttp"``): an
+  ``aiohttp.ClientSession`` of our own, with no httpx objects on the way.
 
 A connection belongs to the event loop that opened it. An engine the client
 owns is built on first use and built again, with fresh connections, when the
@@ -49,7 +49,16 @@ from ccm_async._errors import (
 )
 from ccm_async._transport import Backend, Pool, pool_limits
 
-__all__ = ["ClientEngine", "Engine", "Reply", "client_engine", "own_engine"]
+__all__ = [
+    "ClientEngine",
+    "Engine",
+    "PerLoop",
+    "Reply",
+    "client_engine",
+    "default_ssl_context",
+    "failures_as_transport_errors",
+    "own_engine",
+]
 
 _STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError, httpcore.ReadError)
 
@@ -174,7 +183,7 @@ class PoolEngine:
     async def get(self, url: str, call_sid: str) -> Reply:
         pool = await self._pools.get()
         request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
-        with _failures_as_transport_errors(call_sid):
+        with failures_as_transport_errors(call_sid):
             response = await pool.handle_async_request(request)
             try:
                 headers = _header_map(response.headers)
@@ -223,7 +232,7 @@ class ClientEngine:
     async def get(self, url: str, call_sid: str) -> Reply:
         http_client = await self._client()
         request = http_client.build_request("GET", url, headers=self._headers)
-        with _failures_as_transport_errors(call_sid):
+        with failures_as_transport_errors(call_sid):
             response = await http_client.send(request, stream=True, follow_redirects=False)
             return await read_httpx_response(response, call_sid)
 
@@ -231,35 +240,6 @@ class ClientEngine:
         self._closed = True
         if isinstance(self._clients, PerLoop):
             await self._clients.aclose()
-
-
-class TransportEngine:
-    """Requests straight into an httpx transport of ours (aiohttp's), one per event loop."""
-
-    def __init__(
-        self,
-        new_transport: Callable[[], httpx.AsyncBaseTransport],
-        *,
-        headers: dict[str, str],
-        timeout: httpx.Timeout,
-        asyncio_only: str,
-    ) -> None:
-        self._transports = PerLoop(new_transport)
-        self._headers = headers
-        self._extensions = {"timeout": timeout.as_dict()}
-        self._asyncio_only = asyncio_only
-
-    async def get(self, url: str, call_sid: str) -> Reply:
-        if sniffio.current_async_library() != "asyncio":
-            raise ConfigurationError(self._asyncio_only)
-        transport = await self._transports.get()
-        request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
-        with _failures_as_transport_errors(call_sid):
-            response = await transport.handle_async_request(request)
-            return await read_httpx_response(response, call_sid)
-
-    async def aclose(self) -> None:
-        await self._transports.aclose()
 
 
 async def read_httpx_response(response: httpx.Response, call_sid: str) -> Reply:
@@ -302,13 +282,15 @@ def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _failures_as_transport_errors(call_sid: str) -> Generator[None]:
-    """Anything that stops a response from arriving is this lookup's TransportError."""
+def failures_as_transport_errors(call_sid: str) -> Generator[None]:
+    """Anything that stops a response from arriving is this lookup's TransportError,
+    whichever engine sent it (a timeout is a RequestTimeoutError)."""
     try:
         yield
     except CcmError:
         raise
-    except (httpx.TimeoutException, httpcore.TimeoutException) as exc:
+    except (httpx.TimeoutException, httpcore.TimeoutException, TimeoutError) as exc:
+        # TimeoutError: asyncio's, and aiohttp's ServerTimeoutError and kin.
         raise RequestTimeoutError(_describe(exc), call_sid=call_sid) from _safe_cause(exc)
     except Exception as exc:
         # httpx/httpcore errors, or whatever a third-party transport raises: one
@@ -323,7 +305,8 @@ def _safe_cause(exc: Exception) -> Exception | None:
 
 
 def _describe(exc: BaseException) -> str:
-    # httpx's and httpcore's messages name the failure, never the request's headers.
+    # The stacks' messages name the failure (and aiohttp's the URL, which holds no
+    # credential), never the request's headers.
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
@@ -338,12 +321,7 @@ def own_engine(
 ) -> Engine:
     """The engine of a client without ``http_client``."""
     if transport == "aiohttp":
-        engine = TransportEngine(
-            _aiohttp_transport(max_connections),
-            headers=headers,
-            timeout=timeout,
-            asyncio_only=_AIOHTTP_NEEDS_ASYNCIO,
-        )
+        engine = _aiohttp_engine(headers=headers, max_connections=max_connections, timeout=timeout)
         if _running_library() not in (None, "asyncio"):
             raise ConfigurationError(_AIOHTTP_NEEDS_ASYNCIO)
         return engine
@@ -379,12 +357,21 @@ def client_engine(http_client: httpx.AsyncClient, *, headers: dict[str, str]) ->
     return ClientEngine(http_client, headers=headers)
 
 
-def _aiohttp_transport(max_connections: int) -> Callable[[], httpx.AsyncBaseTransport]:
+def _aiohttp_engine(
+    *, headers: dict[str, str], max_connections: int, timeout: httpx.Timeout
+) -> Engine:
+    # The extra, asked for first: an engine module imported before would not notice it gone.
     try:
-        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415 - an optional extra
+        import aiohttp  # noqa: F401, PLC0415  # pyright: ignore[reportUnusedImport]
     except ImportError as exc:
         raise ConfigurationError(
             "transport='aiohttp' needs the extra: pip install 'ccm-async[aiohttp]'"
         ) from exc
-    limits = pool_limits(max_connections)
-    return lambda: AiohttpTransport(limits=limits, verify=default_ssl_context())
+    from ccm_async._aiohttp import AiohttpEngine  # noqa: PLC0415 - imports aiohttp
+
+    return AiohttpEngine(
+        headers=headers,
+        max_connections=max_connections,
+        timeout=timeout,
+        asyncio_only=_AIOHTTP_NEEDS_ASYNCIO,
+    )

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("aiohttp")
-pytest.importorskip("httpx_aiohttp")
 pytest.importorskip("matplotlib")
 
 RUN = Path(__file__).parent.parent / "benchmarks" / "run.py"

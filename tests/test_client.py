@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -25,7 +24,7 @@ from ccm_async import (
 )
 from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._http import read_httpx_response
-from ccm_async.testing import FakeCcm, Fault
+from ccm_async.testing import FakeCcm
 
 from .conftest import SAMPLE_SID, CountingBackend, stand_in_client
 
@@ -286,26 +285,6 @@ async def test_proxies_from_the_environment_are_honoured(monkeypatch: pytest.Mon
     assert seen == [b"CONNECT ccm-api.exotel.com:443 HTTP/1.1"]
 
 
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_the_aiohttp_transport() -> None:
-    pytest.importorskip("httpx_aiohttp")
-    fake = FakeCcm(generate=True)
-    fake.fail("gone", Fault.disconnect(), times=1)
-    async with fake.serve() as base_url:
-        async with AsyncCcmClient(
-            **fake.credentials, base_url=base_url, transport="aiohttp", retry=None
-        ) as client:
-            assert (await client.get_call("a1")).call_sid == "a1"
-            results = await client.get_calls([f"s{i}" for i in range(50)])
-            assert all(result.ok for result in results)
-            with pytest.raises(TransportError):
-                await client.get_call("gone")
-        assert fake.request_count == 52
-
-
-def test_transport_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transport_choices() -> None:
     with pytest.raises(ConfigurationError, match="transport"):
         AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="curl")  # type: ignore[arg-type]
-    monkeypatch.setitem(sys.modules, "httpx_aiohttp", None)
-    with pytest.raises(ConfigurationError, match=r"ccm-async\[aiohttp\]"):
-        AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="aiohttp")

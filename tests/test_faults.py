@@ -203,7 +203,7 @@ async def test_a_lookup_running_when_the_client_closes_says_which_sid() -> None:
 
 
 def test_aiohttp_needs_asyncio() -> None:
-    pytest.importorskip("httpx_aiohttp")
+    pytest.importorskip("aiohttp")
 
     async def construct() -> None:
         AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="aiohttp")
@@ -214,7 +214,7 @@ def test_aiohttp_needs_asyncio() -> None:
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 async def test_aiohttp_made_outside_trio_fails_its_first_lookup_under_trio() -> None:
-    pytest.importorskip("httpx_aiohttp")
+    pytest.importorskip("aiohttp")
     # Made where no event loop runs (a module-level client), then used under trio.
     client = await anyio.to_thread.run_sync(
         lambda: AsyncCcmClient(api_key="k", api_token="t", account_sid="a", transport="aiohttp")
