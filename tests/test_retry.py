@@ -361,6 +361,7 @@ async def test_budget_allows_every_retry_at_five_percent() -> None:
     assert client.stats.budget_denials == 0
 
 
+@pytest.mark.virtual_clock  # each lookup's deadline is then no matter of machine load
 async def test_soak_mix_is_fully_retried_and_not_throttled() -> None:
     # The hardening soak's mix: 5% 500s, 1% 429s, 1% dropped (here: gateway) pages.
     fake = FakeCcm(generate=True, seed=11)
