@@ -15,11 +15,12 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn, TypeGuard, TypeVar, cast
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 from cattrs.v import format_exception
 
-from ccm_async._errors import ApiError, ResponseFormatError, api_error, shown
+from ccm_async._errors import ErrorAnswer, ResponseFormatError, api_error, shown
 from ccm_async._models import (
     AgentDetails,
     CallDetails,
@@ -204,17 +205,18 @@ def decode_response(
 def _decode(
     http_status: int, body: bytes, *, call_sid: str, retry_after: float | None
 ) -> CallDetails:
+    answer = ErrorAnswer(http_status=http_status, call_sid=call_sid, retry_after=retry_after)
     try:
         document = loads(body)
     except ResponseFormatError as exc:
         if http_status >= 300:
-            raise _foreign_error(http_status, call_sid, retry_after) from exc
+            raise api_error(answer, status=http_status, from_api=False) from exc
         raise
     document = _json_object(document) or {}
     response = _json_object(document.get("response"))
     if response is None or "status" not in response:
         if http_status >= 300:
-            raise _foreign_error(http_status, call_sid, retry_after)
+            raise api_error(answer, status=http_status, from_api=False)
         raise ResponseFormatError("response body is not the API's envelope (no response.status)")
     code = response.get("code")
     status = code if _is_int(code) and 400 <= code <= 599 else http_status
@@ -223,14 +225,7 @@ def _decode(
         if data is None:
             raise ResponseFormatError("successful response without data")
         return _the_call_asked_for(structure_call(data, path="$.response.data"), call_sid)
-    raise _envelope_error(
-        document=document,
-        response=response,
-        http_status=http_status,
-        status=status,
-        call_sid=call_sid,
-        retry_after=retry_after,
-    )
+    raise api_error(_envelope_answer(document, response, answer), status=status)
 
 
 def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:
@@ -244,36 +239,17 @@ def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:
     return call
 
 
-def _envelope_error(
-    *,
-    document: dict[str, Any],
-    response: dict[str, Any],
-    http_status: int,
-    status: int,
-    call_sid: str,
-    retry_after: float | None,
-) -> ApiError:
+def _envelope_answer(
+    document: dict[str, Any], response: dict[str, Any], answer: ErrorAnswer
+) -> ErrorAnswer:
+    """``answer`` with what the envelope's ``error_data`` and ``request_id`` say."""
     error_data = _json_object(response.get("error_data")) or {}
-    request_id = document.get("request_id")
-    return api_error(
-        http_status=http_status,
-        status=status,
+    return attrs.evolve(
+        answer,
         code=_error_code(error_data.get("code")),
         message=_str_or_none(error_data.get("message")),
         description=_str_or_none(error_data.get("description")),
-        request_id=_str_or_none(request_id),
-        call_sid=call_sid,
-        retry_after=retry_after,
-    )
-
-
-def _foreign_error(http_status: int, call_sid: str, retry_after: float | None) -> ApiError:
-    return api_error(
-        http_status=http_status,
-        status=http_status,
-        call_sid=call_sid,
-        retry_after=retry_after,
-        from_api=False,
+        request_id=_str_or_none(document.get("request_id")),
     )
 
 

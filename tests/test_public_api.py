@@ -23,6 +23,7 @@ PUBLIC = {
     "ConfigurationError",
     "CustomerDetails",
     "Direction",
+    "ErrorAnswer",
     "InvalidCallSidError",
     "RateLimit",
     "RateLimitError",
