@@ -3,22 +3,21 @@
 The global cattrs converter is never touched. Hooks are strict where cattrs'
 defaults coerce silently (a dict into its repr, 7.9 into 7, True into 1):
 a wrong-typed field raises :class:`ResponseFormatError` naming the field's path.
-Structure functions are generated once, when this module is imported.
+The converter and its generated structure functions are built once, on first
+use: cattrs loads with the first call decoded, not with ccm_async.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NoReturn, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeGuard, TypeVar, cast
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
-from cattrs.v import format_exception
 
 from ccm_async._errors import ErrorAnswer, ResponseFormatError, api_error, shown
 from ccm_async._models import (
@@ -30,6 +29,9 @@ from ccm_async._models import (
     Direction,
     Recording,
 )
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["converter", "decode_response", "loads", "structure_call", "unstructure_call"]
 
@@ -102,7 +104,11 @@ def _null_as_empty(
     return structure
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def converter() -> cattrs.Converter:
+    """The library's own converter, built on first use."""
+    import cattrs  # noqa: PLC0415 - with its generated hooks, a third of ccm_async's import
+
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(int, _structure_int)
@@ -120,6 +126,8 @@ def _make_converter() -> cattrs.Converter:
 
 
 def _register_class(conv: cattrs.Converter, cls: type[Any]) -> None:
+    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn  # noqa: PLC0415
+
     conv.register_structure_hook(cls, _strict_mapping(make_dict_structure_fn(cls, conv)))
     conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv))
 
@@ -139,24 +147,28 @@ def _strict_mapping(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return structure
 
 
-converter: Final = _make_converter()
-_structure_call_details: Final = converter.get_structure_hook(CallDetails)
+@functools.cache
+def _structure_call_details() -> Callable[[Any, type[CallDetails]], CallDetails]:
+    return converter().get_structure_hook(CallDetails)
 
 
 def structure_call(data: object, *, path: str = "$") -> CallDetails:
     """Structure the API's ``data`` object; errors name the bad field's path."""
     try:
-        return _structure_call_details(data, CallDetails)  # type: ignore[no-any-return]
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        return _structure_call_details()(data, CallDetails)
+    # cattrs' validation errors are ExceptionGroups (BaseValidationError).
+    except (ExceptionGroup, TypeError, ValueError) as exc:
         raise ResponseFormatError(_describe(exc, path)) from exc
 
 
 def unstructure_call(call: CallDetails) -> dict[str, Any]:
     """The API's JSON shape of a call (ISO 8601 strings, lists), ready for ``json.dumps``."""
-    return converter.unstructure(call, CallDetails)  # type: ignore[no-any-return]
+    return converter().unstructure(call, CallDetails)  # type: ignore[no-any-return]
 
 
 def _describe(exc: Exception, path: str) -> str:
+    import cattrs  # noqa: PLC0415 - loaded by then: the converter raised exc
+
     if isinstance(exc, cattrs.BaseValidationError):
         problems = cattrs.transform_error(exc, path=path, format_exception=_format_problem)
     else:
@@ -168,6 +180,8 @@ def _describe(exc: Exception, path: str) -> str:
 
 
 def _format_problem(exc: BaseException, type_: Any) -> str:
+    from cattrs.v import format_exception  # noqa: PLC0415 - loaded with the converter
+
     # Our hooks' messages say what was wrong with the value; keep them.
     if isinstance(exc, TypeError | ValueError) and str(exc):
         return str(exc)
