@@ -14,11 +14,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import attrs
-import tenacity
 
 from ccm_async._errors import (
     ApiError,
@@ -29,6 +28,9 @@ from ccm_async._errors import (
     ServerError,
     TransportError,
 )
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = [
     "Lookup",
@@ -198,6 +200,8 @@ class Lookup:
                     raise
                 self._log_retry(exc)
             await anyio.sleep(self._sleep_time())
+            import tenacity  # noqa: PLC0415 - loaded on a first retry, which most lookups never make
+
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception(is_retryable),
                 stop=lambda _: self._stop_now(),
