@@ -24,15 +24,13 @@ connections. A user's ``http_client`` is theirs to keep on one loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import ssl
 import urllib.request
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
-from typing import Final, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Literal, NamedTuple, Protocol, TypeVar
 
-import httpcore
 import httpx
 import sniffio
 
@@ -47,11 +45,14 @@ from ccm_async._errors import (
     TransportError,
     parse_retry_after,
 )
-from ccm_async._transport import Backend, Pool, pool_limits
+
+if TYPE_CHECKING:
+    # Imported with the first pool: its httpcore imports trio whenever it is installed.
+    from ccm_async._transport import Pool
 
 __all__ = ["ClientEngine", "Engine", "Reply", "client_engine", "own_engine"]
 
-_STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError, httpcore.ReadError)
+_STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError)
 
 
 class Reply(NamedTuple):
@@ -91,6 +92,8 @@ def current_loop() -> object:
         import trio  # noqa: PLC0415 - only under trio, which is then imported
 
         return trio.lowlevel.current_trio_token()
+    import asyncio  # noqa: PLC0415 - loaded by then: it runs this code
+
     return asyncio.get_running_loop()
 
 
@@ -162,6 +165,8 @@ class PoolEngine:
         self._pools = PerLoop(self._new_pool)
 
     def _new_pool(self) -> Pool:
+        from ccm_async._transport import Backend, Pool, pool_limits  # noqa: PLC0415
+
         limits = pool_limits(self._max_connections)
         return Pool(
             ssl_context=default_ssl_context(),
@@ -172,6 +177,8 @@ class PoolEngine:
         )
 
     async def get(self, url: str, call_sid: str) -> Reply:
+        import httpcore  # noqa: PLC0415 - loaded with the pool
+
         pool = await self._pools.get()
         request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
         with _failures_as_transport_errors(call_sid):
@@ -183,7 +190,7 @@ class PoolEngine:
                 raw = await read_capped(
                     response.aiter_stream(),
                     close=response.aclose,
-                    stream_errors=_STREAM_ERRORS,
+                    stream_errors=(httpcore.ReadError,),
                     call_sid=call_sid,
                 )
             finally:
@@ -304,6 +311,8 @@ def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 @contextlib.contextmanager
 def _failures_as_transport_errors(call_sid: str) -> Generator[None]:
     """Anything that stops a response from arriving is this lookup's TransportError."""
+    import httpcore  # noqa: PLC0415 - on first use, not with ccm_async
+
     try:
         yield
     except CcmError:
@@ -345,6 +354,8 @@ def own_engine(
         raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
     if urllib.request.getproxies():
         # Proxies from the environment need httpx's mounts.
+        from ccm_async._transport import pool_limits  # noqa: PLC0415
+
         clients = PerLoop(
             lambda: httpx.AsyncClient(
                 limits=pool_limits(max_connections), timeout=timeout, verify=default_ssl_context()
@@ -380,5 +391,7 @@ def _aiohttp_transport(max_connections: int) -> Callable[[], httpx.AsyncBaseTran
         raise ConfigurationError(
             "transport='aiohttp' needs the extra: pip install 'ccm-async[aiohttp]'"
         ) from exc
+    from ccm_async._transport import pool_limits  # noqa: PLC0415
+
     limits = pool_limits(max_connections)
     return lambda: AiohttpTransport(limits=limits, verify=default_ssl_context())
