@@ -13,9 +13,13 @@ import importlib
 import inspect
 import pickle
 import pkgutil
+import subprocess
+import sys
 import typing
 from collections.abc import Iterator
 from types import ModuleType
+
+import pytest
 
 import ccm_async
 import ccm_async.testing
@@ -116,3 +120,22 @@ def test_type_hints_of_public_classes_resolve_where_they_are_shown() -> None:
     for name, obj in exported(ccm_async):
         if inspect.isclass(obj):
             assert isinstance(typing.get_type_hints(obj), dict), name
+
+
+# Loaded on first use: the converter on the first call decoded, tenacity on a first
+# retry, httpcore (which imports trio when installed) with the first pool.
+DEFERRED = {"cattrs", "tenacity", "httpcore", "trio"}
+COMMAND = "from ccm_async._cli import cli\ntry:\n    cli([{!r}])\nexcept SystemExit:\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    "start",
+    ["import ccm_async", COMMAND.format("--version"), COMMAND.format("--help")],
+    ids=["import", "--version", "--help"],
+)
+def test_starting_up_leaves_the_heavy_dependencies_to_first_use(start: str) -> None:
+    probe = f"{start}\nimport sys\nprint(sorted(set(sys.modules) & {DEFERRED!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
