@@ -15,6 +15,7 @@ from ccm_async._errors import (
     CcmError,
     ClientClosedError,
     ConfigurationError,
+    ErrorAnswer,
     InvalidCallSidError,
     RateLimitError,
     RequestTimeoutError,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigurationError",
     "CustomerDetails",
     "Direction",
+    "ErrorAnswer",
     "InvalidCallSidError",
     "RateLimit",
     "RateLimitError",
@@ -67,3 +69,15 @@ __all__ = [
     "WaitTimeoutError",
     "__version__",
 ]
+
+
+def _shown_from_here() -> None:
+    # Tracebacks and reprs name the public path (ccm_async.CallNotFoundError), as
+    # httpx does; pickle, which finds a class by __module__ and __qualname__, too.
+    for name in __all__:
+        if not name.startswith("__"):
+            globals()[name].__module__ = __name__
+
+
+_shown_from_here()
+del _shown_from_here

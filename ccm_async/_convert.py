@@ -3,23 +3,23 @@
 The global cattrs converter is never touched. Hooks are strict where cattrs'
 defaults coerce silently (a dict into its repr, 7.9 into 7, True into 1):
 a wrong-typed field raises :class:`ResponseFormatError` naming the field's path.
-Structure functions are generated once, when this module is imported.
+The converter and its generated structure functions are built once, on first
+use: cattrs loads with the first call decoded, not with ccm_async.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NoReturn, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeGuard, TypeVar, cast
 
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
-from cattrs.v import format_exception
+import attrs
 
-from ccm_async._errors import ApiError, ResponseFormatError, api_error, shown
+from ccm_async._errors import ErrorAnswer, ResponseFormatError, api_error, shown
 from ccm_async._models import (
     AgentDetails,
     CallDetails,
@@ -29,6 +29,9 @@ from ccm_async._models import (
     Direction,
     Recording,
 )
+
+if TYPE_CHECKING:
+    import cattrs
 
 __all__ = ["converter", "decode_response", "loads", "structure_call", "unstructure_call"]
 
@@ -102,7 +105,11 @@ def _null_as_empty(
     return structure
 
 
-def _make_converter() -> cattrs.Converter:
+@functools.cache
+def converter() -> cattrs.Converter:
+    """The library's own converter, built on first use."""
+    import cattrs  # noqa: PLC0415 - with its generated hooks, a third of ccm_async's import
+
     conv = cattrs.Converter(detailed_validation=True)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(int, _structure_int)
@@ -120,6 +127,8 @@ def _make_converter() -> cattrs.Converter:
 
 
 def _register_class(conv: cattrs.Converter, cls: type[Any]) -> None:
+    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn  # noqa: PLC0415
+
     conv.register_structure_hook(cls, _strict_mapping(make_dict_structure_fn(cls, conv)))
     conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv))
 
@@ -139,26 +148,30 @@ def _strict_mapping(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return structure
 
 
-converter: Final = _make_converter()
-_structure_call_details: Final = converter.get_structure_hook(CallDetails)
+@functools.cache
+def _structure_call_details() -> Callable[[Any, type[CallDetails]], CallDetails]:
+    return converter().get_structure_hook(CallDetails)
 
 
 def structure_call(data: object, *, path: str = "$") -> CallDetails:
     """Structure the API's ``data`` object; errors name the bad field's path."""
     try:
-        return _structure_call_details(data, CallDetails)  # type: ignore[no-any-return]
-    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
-        # Not chained: the message names each bad field, and cattrs' group of
-        # exceptions (with their tracebacks) would make every kept error heavy.
+        return _structure_call_details()(data, CallDetails)
+    # cattrs' validation errors are ExceptionGroups (BaseValidationError). Not
+    # chained: the message names each bad field, and the group of exceptions (with
+    # their tracebacks) would make every kept error heavy.
+    except (ExceptionGroup, TypeError, ValueError) as exc:
         raise ResponseFormatError(_describe(exc, path)) from None
 
 
 def unstructure_call(call: CallDetails) -> dict[str, Any]:
     """The API's JSON shape of a call (ISO 8601 strings, lists), ready for ``json.dumps``."""
-    return converter.unstructure(call, CallDetails)  # type: ignore[no-any-return]
+    return converter().unstructure(call, CallDetails)  # type: ignore[no-any-return]
 
 
 def _describe(exc: Exception, path: str) -> str:
+    import cattrs  # noqa: PLC0415 - loaded by then: the converter raised exc
+
     if isinstance(exc, cattrs.BaseValidationError):
         problems = cattrs.transform_error(exc, path=path, format_exception=_format_problem)
     else:
@@ -170,6 +183,8 @@ def _describe(exc: Exception, path: str) -> str:
 
 
 def _format_problem(exc: BaseException, type_: Any) -> str:
+    from cattrs.v import format_exception  # noqa: PLC0415 - loaded with the converter
+
     # Our hooks' messages say what was wrong with the value; keep them.
     if isinstance(exc, TypeError | ValueError) and str(exc):
         return str(exc)
@@ -207,17 +222,18 @@ def decode_response(
 def _decode(
     http_status: int, body: bytes, *, call_sid: str, retry_after: float | None
 ) -> CallDetails:
+    answer = ErrorAnswer(http_status=http_status, call_sid=call_sid, retry_after=retry_after)
     try:
         document = loads(body)
     except ResponseFormatError as exc:
         if http_status >= 300:
-            raise _foreign_error(http_status, call_sid, retry_after) from exc
+            raise api_error(answer, status=http_status, from_api=False) from exc
         raise
     document = _json_object(document) or {}
     response = _json_object(document.get("response"))
     if response is None or "status" not in response:
         if http_status >= 300:
-            raise _foreign_error(http_status, call_sid, retry_after)
+            raise api_error(answer, status=http_status, from_api=False)
         raise ResponseFormatError("response body is not the API's envelope (no response.status)")
     code = response.get("code")
     # An HTTP status outside 100-599 is no HTTP answer at all: no envelope makes it one.
@@ -228,14 +244,7 @@ def _decode(
         if data is None:
             raise ResponseFormatError("successful response without data")
         return _the_call_asked_for(structure_call(data, path="$.response.data"), call_sid)
-    raise _envelope_error(
-        document=document,
-        response=response,
-        http_status=http_status,
-        status=status,
-        call_sid=call_sid,
-        retry_after=retry_after,
-    )
+    raise api_error(_envelope_answer(document, response, answer), status=status)
 
 
 def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:
@@ -249,36 +258,17 @@ def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:
     return call
 
 
-def _envelope_error(
-    *,
-    document: dict[str, Any],
-    response: dict[str, Any],
-    http_status: int,
-    status: int,
-    call_sid: str,
-    retry_after: float | None,
-) -> ApiError:
+def _envelope_answer(
+    document: dict[str, Any], response: dict[str, Any], answer: ErrorAnswer
+) -> ErrorAnswer:
+    """``answer`` with what the envelope's ``error_data`` and ``request_id`` say."""
     error_data = _json_object(response.get("error_data")) or {}
-    request_id = document.get("request_id")
-    return api_error(
-        http_status=http_status,
-        status=status,
+    return attrs.evolve(
+        answer,
         code=_error_code(error_data.get("code")),
         message=_str_or_none(error_data.get("message")),
         description=_str_or_none(error_data.get("description")),
-        request_id=_str_or_none(request_id),
-        call_sid=call_sid,
-        retry_after=retry_after,
-    )
-
-
-def _foreign_error(http_status: int, call_sid: str, retry_after: float | None) -> ApiError:
-    return api_error(
-        http_status=http_status,
-        status=http_status,
-        call_sid=call_sid,
-        retry_after=retry_after,
-        from_api=False,
+        request_id=_str_or_none(document.get("request_id")),
     )
 
 

@@ -24,15 +24,13 @@ connections. A user's ``http_client`` is theirs to keep on one loop.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import ssl
 import urllib.request
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
-from typing import Final, Generic, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Literal, NamedTuple, Protocol, TypeVar
 
-import httpcore
 import httpx
 import sniffio
 
@@ -47,7 +45,10 @@ from ccm_async._errors import (
     TransportError,
     parse_retry_after,
 )
-from ccm_async._transport import Backend, Pool, pool_limits
+
+if TYPE_CHECKING:
+    # Imported with the first pool: its httpcore imports trio whenever it is installed.
+    from ccm_async._transport import Pool
 
 __all__ = [
     "ClientEngine",
@@ -60,7 +61,7 @@ __all__ = [
     "own_engine",
 ]
 
-_STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError, httpcore.ReadError)
+_STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError)
 
 
 class Reply(NamedTuple):
@@ -100,6 +101,8 @@ def current_loop() -> object:
         import trio  # noqa: PLC0415 - only under trio, which is then imported
 
         return trio.lowlevel.current_trio_token()
+    import asyncio  # noqa: PLC0415 - loaded by then: it runs this code
+
     return asyncio.get_running_loop()
 
 
@@ -171,6 +174,8 @@ class PoolEngine:
         self._pools = PerLoop(self._new_pool)
 
     def _new_pool(self) -> Pool:
+        from ccm_async._transport import Backend, Pool, pool_limits  # noqa: PLC0415
+
         limits = pool_limits(self._max_connections)
         return Pool(
             ssl_context=default_ssl_context(),
@@ -181,6 +186,8 @@ class PoolEngine:
         )
 
     async def get(self, url: str, call_sid: str) -> Reply:
+        import httpcore  # noqa: PLC0415 - loaded with the pool
+
         pool = await self._pools.get()
         request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
         with failures_as_transport_errors(call_sid):
@@ -192,7 +199,7 @@ class PoolEngine:
                 raw = await read_capped(
                     response.aiter_stream(),
                     close=response.aclose,
-                    stream_errors=_STREAM_ERRORS,
+                    stream_errors=(httpcore.ReadError,),
                     call_sid=call_sid,
                 )
             finally:
@@ -285,6 +292,8 @@ def _header_map(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 def failures_as_transport_errors(call_sid: str) -> Generator[None]:
     """Anything that stops a response from arriving is this lookup's TransportError,
     whichever engine sent it (a timeout is a RequestTimeoutError)."""
+    import httpcore  # noqa: PLC0415 - on first use, not with ccm_async
+
     try:
         yield
     except CcmError:
@@ -329,6 +338,8 @@ def own_engine(
         raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
     if urllib.request.getproxies():
         # Proxies from the environment need httpx's mounts.
+        from ccm_async._transport import pool_limits  # noqa: PLC0415
+
         clients = PerLoop(
             lambda: httpx.AsyncClient(
                 limits=pool_limits(max_connections), timeout=timeout, verify=default_ssl_context()

@@ -6,8 +6,9 @@ value this library knows and the plain string for one it does not, so a new
 value from Exotel never fails a lookup; both compare equal to the string.
 """
 
-from __future__ import annotations
-
+# Annotations are evaluated here, not left as strings: the classes live at
+# ccm_async.X (see __init__), and typing.get_type_hints, which cattrs uses, would
+# look strings such as "dt.datetime" up there.
 import datetime as dt
 import enum
 from collections.abc import Mapping

@@ -14,21 +14,24 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 import attrs
-import tenacity
 
 from ccm_async._errors import (
     ApiError,
     CcmError,
     ConfigurationError,
+    ErrorAnswer,
     RateLimitError,
     RequestTimeoutError,
     ServerError,
     TransportError,
 )
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = [
     "Lookup",
@@ -203,9 +206,7 @@ class Lookup:
             raise RateLimitError(
                 f"rate limited: the client's pause after a 429 runs {pause:g}s more, longer "
                 f"than this lookup may wait; nothing was sent [call_sid={self.call_sid}]",
-                http_status=429,
-                call_sid=self.call_sid,
-                retry_after=pause,
+                ErrorAnswer(http_status=429, call_sid=self.call_sid, retry_after=pause),
             )
         await anyio.sleep(pause)
         return True
@@ -232,6 +233,8 @@ class Lookup:
                     raise
                 self._log_retry(exc)
             await anyio.sleep(self._sleep_time())
+            import tenacity  # noqa: PLC0415 - loaded on a first retry, which most lookups never make
+
             retrying = tenacity.AsyncRetrying(
                 retry=tenacity.retry_if_exception(is_retryable),
                 stop=self.stop,

@@ -9,6 +9,7 @@ import json
 import pickle
 from typing import Any
 
+import attrs
 import pytest
 
 import ccm_async
@@ -19,6 +20,7 @@ from ccm_async import (
     CallNotFoundError,
     CcmError,
     ConfigurationError,
+    ErrorAnswer,
     InvalidCallSidError,
     RateLimitError,
     RequestTimeoutError,
@@ -239,9 +241,15 @@ ERROR_FIELDS: dict[str, Any] = {
 
 def full_error(cls: type[CcmError]) -> CcmError:
     """A ``cls`` with every attribute its constructor takes set, raised from a cause."""
-    parameters = inspect.signature(cls).parameters.values()
-    accepted = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    error = cls("summary", **{k: v for k, v in ERROR_FIELDS.items() if k in accepted})
+    error: CcmError
+    if issubclass(cls, ApiError):
+        facts = {field.name for field in attrs.fields(ErrorAnswer)}
+        assert facts <= ERROR_FIELDS.keys(), "a new ErrorAnswer field needs a value here"
+        error = cls("summary", ErrorAnswer(**{k: ERROR_FIELDS[k] for k in facts}))
+    else:
+        parameters = inspect.signature(cls).parameters.values()
+        accepted = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        error = cls("summary", **{k: v for k, v in ERROR_FIELDS.items() if k in accepted})
     error.attempts = 3
     if isinstance(error, RequestTimeoutError):
         error.deadline_exceeded = True

@@ -27,7 +27,7 @@ from ccm_async import (
     ResponseFormatError,
 )
 from ccm_async._convert import decode_response, loads, structure_call, unstructure_call
-from ccm_async._errors import api_error
+from ccm_async._errors import ErrorAnswer, api_error
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
 
@@ -284,9 +284,8 @@ def test_call_results_survive_pickle_and_copy(sample_response: dict[str, Any]) -
     found = CallResult(call_sid="s1", call=structure_call(sample_response["response"]["data"]))
     for copied in round_trips(found):
         assert copied == found
-    error = api_error(
-        http_status=404, status=404, code=3043, message="gone", request_id="r1", call_sid="s2"
-    )
+    answer = ErrorAnswer(http_status=404, code=3043, message="gone", request_id="r1", call_sid="s2")
+    error = api_error(answer, status=404)
     error.attempts = 2
     failed = CallResult(call_sid="s2", error=error)
     for copied in round_trips(failed):

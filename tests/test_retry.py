@@ -24,6 +24,7 @@ from ccm_async import (
     CallNotFoundError,
     CcmError,
     ConfigurationError,
+    ErrorAnswer,
     InvalidCallSidError,
     RateLimit,
     RateLimitError,
@@ -552,16 +553,32 @@ def _failed_state(lookup: object, error: BaseException) -> tenacity.RetryCallSta
     ("error", "policy", "budget_left", "expected"),
     [
         pytest.param(
-            RateLimitError("x", http_status=429, retry_after=2.0), {}, 500, 2.0, id="retry-after"
+            RateLimitError("x", ErrorAnswer(http_status=429, retry_after=2.0)),
+            {},
+            500,
+            2.0,
+            id="retry-after",
         ),
         pytest.param(
-            RateLimitError("x", http_status=429, retry_after=90.0), {}, 500, None, id="too-long"
+            RateLimitError("x", ErrorAnswer(http_status=429, retry_after=90.0)),
+            {},
+            500,
+            None,
+            id="too-long",
         ),
         pytest.param(
-            ServerError("x", http_status=500), {"attempts": 1}, 500, None, id="no-attempts-left"
+            ServerError("x", ErrorAnswer(http_status=500)),
+            {"attempts": 1},
+            500,
+            None,
+            id="no-attempts-left",
         ),
-        pytest.param(ServerError("x", http_status=500), {}, 100, None, id="budget-denies"),
-        pytest.param(ServerError("x", http_status=500), {}, 500, "backoff", id="backoff"),
+        pytest.param(
+            ServerError("x", ErrorAnswer(http_status=500)), {}, 100, None, id="budget-denies"
+        ),
+        pytest.param(
+            ServerError("x", ErrorAnswer(http_status=500)), {}, 500, "backoff", id="backoff"
+        ),
     ],
 )
 async def test_retry_decisions_do_not_depend_on_tenacitys_call_order(

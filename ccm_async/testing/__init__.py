@@ -15,3 +15,13 @@ from ccm_async._retry import instant_backoff
 from ccm_async.testing._fake import FakeCcm, FakeCredentials, Fault, RecordedRequest
 
 __all__ = ["FakeCcm", "FakeCredentials", "Fault", "RecordedRequest", "instant_backoff"]
+
+
+def _shown_from_here() -> None:
+    # Shown and pickled as ccm_async.testing.FakeCcm, where users import them from.
+    for name in __all__:
+        globals()[name].__module__ = __name__
+
+
+_shown_from_here()
+del _shown_from_here
