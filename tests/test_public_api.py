@@ -62,7 +62,7 @@ INTERNAL = {
         "own_engine",
     },
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
-    "ccm_async._throttle": {"AdaptiveRate", "SlidingWindow", "Slots", "Throttle"},
+    "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
     "ccm_async._transport": {"Backend", "Pool", "pool_limits"},
 }
 
