@@ -333,7 +333,11 @@ async def test_an_error_from_the_own_pool_keeps_no_body_alive() -> None:
     fake.fail_randomly(Fault.oversized(declare_length=False), rate=1.0)
     async with (
         fake.serve() as base_url,
-        AsyncCcmClient(**fake.credentials, base_url=base_url, retry=None) as client,
+        # One connection at a time: every refused body closes its connection, and a
+        # pool grown meanwhile would count as kept.
+        AsyncCcmClient(
+            **fake.credentials, base_url=base_url, retry=None, max_concurrency=1
+        ) as client,
     ):
         await client.get_calls(["warm-up"])
         gc.collect()
