@@ -68,9 +68,6 @@ def lowest(session: nox.Session) -> None:
         "trio>=0.27",
         "trustme>=1.2",
         "pytest-xdist>=3.6",
-        # Not ours to require (httpx's), but our pool overrides a pass that httpcore
-        # has had since 1.0.3: test it on that release.
-        "httpcore==1.0.3",
         f"--python={session.virtualenv.location}",
     )
     session.run(

@@ -47,8 +47,8 @@ from ccm_async._errors import (
 )
 
 if TYPE_CHECKING:
-    # Imported with the first pool: its httpcore imports trio whenever it is installed.
-    from ccm_async._transport import Pool
+    # Imported with the first pool: httpcore imports trio whenever it is installed.
+    import httpcore
 
 __all__ = [
     "ClientEngine",
@@ -173,11 +173,11 @@ class PoolEngine:
         self._max_connections = max_connections
         self._pools = PerLoop(self._new_pool)
 
-    def _new_pool(self) -> Pool:
-        from ccm_async._transport import Backend, Pool, pool_limits  # noqa: PLC0415
+    def _new_pool(self) -> httpcore.AsyncConnectionPool:
+        from ccm_async._transport import Backend, pool_class, pool_limits  # noqa: PLC0415
 
         limits = pool_limits(self._max_connections)
-        return Pool(
+        return pool_class()(
             ssl_context=default_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,

@@ -8,11 +8,18 @@ pool. The streams below remember their socket, so the question costs a poll.
 And the pool's pass that hands connections to requests is quadratic in the
 connections (see :class:`Pool`); ours is linear. httpcore is httpx's own
 transport layer, installed with it.
+
+That pass is httpcore's private method, so it is guarded: ``pyproject.toml``
+bounds httpcore to ``>=1.0.3,<1.1`` (the releases whose pass we replace), and
+:func:`pool_class` falls back to httpcore's stock pool, with one warning
+logged, when the method or the attributes it reads are missing.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import select
 import socket
 from collections.abc import Iterable
@@ -21,7 +28,13 @@ from typing import Any, cast
 import httpcore
 import httpx
 
-__all__ = ["Backend", "Pool", "pool_limits"]
+__all__ = ["Backend", "Pool", "fits", "pool_class", "pool_limits"]
+
+_log = logging.getLogger("ccm_async")
+
+# What Pool's pass reads and replaces in httpcore's pool, and in its queued requests.
+_POOL_PARTS = ("_requests", "_connections", "_max_connections")
+_REQUEST_PARTS = ("connection", "assign_to_connection", "request")
 
 
 def pool_limits(max_connections: int) -> httpx.Limits:
@@ -39,7 +52,8 @@ class Pool(httpcore.AsyncConnectionPool):
     256 connections that was ~12 ms of CPU per request, measured, for httpx
     as for us. This pass is O(connections + requests): each idle connection
     goes to at most one request, and a connection handed to a request that has
-    not started on it yet is neither handed out again nor closed.
+    not started on it yet is neither handed out again nor closed by a pass (the
+    request checks it as it starts: :class:`_Checked`).
 
     It serves one client's requests: one origin, every connection kept alive
     (``max_keepalive_connections == max_connections``, see :func:`pool_limits`).
@@ -76,6 +90,81 @@ class Pool(httpcore.AsyncConnectionPool):
                 break  # the rest wait for a connection to come back
             request.assign_to_connection(connection)
         return closing
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        return _Checked(super().create_connection(origin))
+
+
+class _Checked(httpcore.AsyncConnectionInterface):
+    """A connection that checks, as its request starts on it, that it is still fit.
+
+    Our pass never revisits a connection it has handed to a request that has
+    not started yet (httpcore's pass would close it if it looked expired, even
+    once that request had started: encode/httpcore#1110). So the request itself
+    looks again when it starts: a connection that expired or that the server
+    closed meanwhile is closed here, by the only request that holds it, and the
+    pool places the request again instead of sending it on a dead socket.
+    """
+
+    def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
+        self._connection = connection
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if self._connection.is_idle() and self._connection.has_expired():
+            await self._connection.aclose()
+            raise httpcore.ConnectionNotAvailable
+        return await self._connection.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._connection.aclose()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return self._connection.can_handle_request(origin)
+
+    def is_available(self) -> bool:
+        return self._connection.is_available()
+
+    def has_expired(self) -> bool:
+        return self._connection.has_expired()
+
+    def is_idle(self) -> bool:
+        return self._connection.is_idle()
+
+    def is_closed(self) -> bool:
+        return self._connection.is_closed()
+
+    def info(self) -> str:
+        return self._connection.info()
+
+    def __repr__(self) -> str:
+        return repr(self._connection)
+
+
+def fits(stock: type[httpcore.AsyncConnectionPool]) -> bool:
+    """Whether ``stock`` has the pass :class:`Pool` replaces and the parts it reads."""
+    if not callable(getattr(stock, "_assign_requests_to_connections", None)):
+        return False
+    try:
+        from httpcore._async.connection_pool import AsyncPoolRequest  # noqa: PLC0415
+    except ImportError:
+        return False
+    queued = AsyncPoolRequest(httpcore.Request(b"GET", "http://127.0.0.1/"))
+    pool = stock()
+    return all(hasattr(pool, name) for name in _POOL_PARTS) and all(
+        hasattr(queued, name) for name in _REQUEST_PARTS
+    )
+
+
+@functools.cache
+def pool_class() -> type[httpcore.AsyncConnectionPool]:
+    """:class:`Pool` where it fits the installed httpcore, else httpcore's own pool."""
+    if fits(httpcore.AsyncConnectionPool):
+        return Pool
+    _log.warning(
+        "httpcore %s does not have the pool pass ccm_async replaces; using its own pool",
+        getattr(httpcore, "__version__", "?"),
+    )
+    return httpcore.AsyncConnectionPool
 
 
 class Backend(httpcore.AsyncNetworkBackend):

@@ -41,16 +41,19 @@ async def stand_in_client(
 class CountingBackend(httpcore.AsyncNetworkBackend):
     """Counts the client's open connections on the client's side."""
 
-    def __init__(self) -> None:
-        self.inner = httpcore.AnyIOBackend()
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.inner = inner or httpcore.AnyIOBackend()
         self.open = 0
         self.max_open = 0
+        self.closed_mid_read = 0  # closed under a request waiting for its response
+        self.streams: list[CountedStream] = []
 
     async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
         stream = await self.inner.connect_tcp(*args, **kwargs)  # type: ignore[arg-type]
         self.open += 1
         self.max_open = max(self.max_open, self.open)
-        return CountedStream(stream, self)
+        self.streams.append(CountedStream(stream, self))
+        return self.streams[-1]
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
@@ -61,9 +64,14 @@ class CountedStream(httpcore.AsyncNetworkStream):
         self.stream = stream
         self.backend = backend
         self.closed = False
+        self.reading = False
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self.stream.read(max_bytes, timeout)
+        self.reading = True
+        try:
+            return await self.stream.read(max_bytes, timeout)
+        finally:
+            self.reading = False
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         await self.stream.write(buffer, timeout)
@@ -72,6 +80,7 @@ class CountedStream(httpcore.AsyncNetworkStream):
         if not self.closed:
             self.closed = True
             self.backend.open -= 1
+            self.backend.closed_mid_read += self.reading
         await self.stream.aclose()
 
     def get_extra_info(self, info: str) -> object:

@@ -63,7 +63,7 @@ INTERNAL = {
     },
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
     "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
-    "ccm_async._transport": {"Backend", "Pool", "pool_limits"},
+    "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }
 
 
