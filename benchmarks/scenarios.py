@@ -78,7 +78,7 @@ async def fetch_all(client: AsyncCcmClient, sids: list[str]) -> int:
 
 async def economy(quick: bool) -> dict[str, object]:
     """Requests sent under a total outage, with 5% failures, and against a rate limit."""
-    outage_sids, flaky_sids, limited_sids = (100, 500, 60) if quick else (1000, 10_000, 600)
+    outage_sids, flaky_sids, limited_sids = (100, 500, 30) if quick else (1000, 10_000, 600)
     report: dict[str, object] = {"scenario": "economy"}
 
     outage = FakeCcm(generate=True)
@@ -197,7 +197,7 @@ def main() -> None:
     elif args.scenario == "construction":
         result = asyncio.run(construction(args.base, 100 if args.quick else 1000))
     else:
-        result = import_time(3 if args.quick else 9)
+        result = import_time(1 if args.quick else 9)
     print(json.dumps(result))
 
 

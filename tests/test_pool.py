@@ -60,11 +60,11 @@ async def _churning_server() -> AsyncIterator[str]:
 async def _failures_under_churn(
     pool_type: type[httpcore.AsyncConnectionPool], url: str, backend: CountingBackend
 ) -> dict[str, int]:
-    """Failed requests by type, of 2,000 from 16 tasks through 4 connections that expire
+    """Failed requests by type, of 1,000 from 16 tasks through 4 connections that expire
     0.05 s after their last response, to a server that closes idle ones at random."""
     rng = random.Random(1110)
     failures: dict[str, int] = {}
-    left = 2000
+    left = 1000
     extensions = {"timeout": {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 30.0}}
 
     async def send(pool: httpcore.AsyncConnectionPool) -> None:

@@ -201,13 +201,13 @@ async def test_adaptive_rate_converges_on_the_server_limit(limit: int) -> None:
     policy = RetryPolicy(attempts=10, timeout=120, budget_tokens=100_000)
     start = anyio.current_time()
     async with fake.client(max_concurrency=128, retry=policy) as client:
-        with anyio.move_on_after(40):
+        with anyio.move_on_after(15):
             sids = (f"s{i}" for i in itertools.count())
             async with client.stream_calls(sids) as results:
                 async for _ in results:
                     pass
-    statuses = [request.status for request in fake.requests if request.time < start + 40]
-    ok_per_second = statuses.count(200) / 40
+    statuses = [request.status for request in fake.requests if request.time < start + 15]
+    ok_per_second = statuses.count(200) / 15
     limited_share = statuses.count(429) / len(statuses)
     print(f"\nagainst {limit}/s: {ok_per_second:.0f} ok/s, {limited_share:.1%} answered 429")
     assert ok_per_second >= 0.8 * limit
