@@ -29,6 +29,7 @@ PUBLIC = {name for package in PACKAGES for name in package.__all__}
 
 INTERNAL = {
     "ccm_async._aiohttp": {"AiohttpEngine", "client_timeout"},
+    "ccm_async._attempt": {"Attempts"},
     "ccm_async._body": {"decompress", "over_declared_cap", "read_capped", "too_large"},
     "ccm_async._bulk": {"gather_results", "stream_results"},
     "ccm_async._cli": {"cli", "main"},
@@ -61,7 +62,16 @@ INTERNAL = {
         "failures_as_transport_errors",
         "own_engine",
     },
+    "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
+    "ccm_async._setup": {
+        "DEFAULT_RETRY",
+        "MAX_CONCURRENCY_LIMIT",
+        "Setup",
+        "check_count",
+        "client_setup",
+    },
+    "ccm_async._stats": {"Counters"},
     "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
     "ccm_async._transport": {"Backend", "Pool", "pool_limits"},
 }
