@@ -16,9 +16,8 @@ import anyio
 import click
 from rich.console import Console
 
+from ccm_async import AsyncCcmClient, RateLimit
 from ccm_async._cli_fetch import FetchOptions, fetch_and_summarize
-from ccm_async._client import AsyncCcmClient
-from ccm_async._throttle import RateLimit
 from ccm_async.testing import FakeCcm, Fault
 
 __all__ = ["run_demo", "serve_fake"]

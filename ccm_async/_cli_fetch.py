@@ -17,12 +17,15 @@ import anyio
 import attrs
 from rich.console import Console
 
+from ccm_async import (
+    AsyncCcmClient,
+    AuthenticationError,
+    ConfigurationError,
+    RateLimit,
+    RetryPolicy,
+)
 from ccm_async._cli_files import count_sids, error_line, open_output, resume_point, sids, writer
 from ccm_async._cli_summary import Summary, progress
-from ccm_async._client import AsyncCcmClient
-from ccm_async._errors import AuthenticationError, ConfigurationError
-from ccm_async._retry import RetryPolicy
-from ccm_async._throttle import RateLimit
 
 __all__ = [
     "EXIT_INTERRUPTED",

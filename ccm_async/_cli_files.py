@@ -20,9 +20,9 @@ from typing import IO, Final
 
 import attrs
 
+from ccm_async import AgentDetails, CallDetails, CallResult, CustomerDetails
 from ccm_async._cli_summary import error_code
 from ccm_async._convert import unstructure_call
-from ccm_async._models import AgentDetails, CallDetails, CallResult, CustomerDetails
 
 __all__ = [
     "CSV_COLUMNS",

@@ -8,10 +8,9 @@ import anyio
 import click
 from rich.console import Console
 
+from ccm_async import AsyncCcmClient, AuthenticationError
 from ccm_async._cli_fetch import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from ccm_async._client import AsyncCcmClient
 from ccm_async._convert import unstructure_call
-from ccm_async._errors import AuthenticationError
 
 __all__ = ["run_get"]
 

@@ -24,8 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ccm_async._errors import ApiError, CallNotFoundError, CcmError
-from ccm_async._models import CallResult
+from ccm_async import ApiError, CallNotFoundError, CallResult, CcmError
 
 __all__ = ["Summary", "error_code", "progress"]
 
