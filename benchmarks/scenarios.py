@@ -128,7 +128,11 @@ async def economy(quick: bool) -> dict[str, object]:
 
 def import_time(runs: int) -> dict[str, object]:
     """Median wall time of a fresh interpreter importing each module, less a bare one; and
-    of ``ccm-async --version`` whole, as its user waits for it (None without the cli extra)."""
+    of ``ccm-async --version`` whole, as its user waits for it (None without the cli extra).
+
+    ``import ccm_async`` alone imports the public names on first use: the client's
+    import is timed.
+    """
 
     def median_seconds(*args: str) -> float:
         times = []
@@ -140,7 +144,7 @@ def import_time(runs: int) -> dict[str, object]:
 
     bare = median_seconds("-c", "pass")
     httpx_ms = (median_seconds("-c", "import httpx") - bare) * 1000
-    ccm_ms = (median_seconds("-c", "import ccm_async") - bare) * 1000
+    ccm_ms = (median_seconds("-c", "from ccm_async import AsyncCcmClient") - bare) * 1000
     has_cli = all(importlib.util.find_spec(name) for name in ("click", "rich"))
     cli_ms = median_seconds("-m", "ccm_async", "--version") * 1000 if has_cli else None
     return {

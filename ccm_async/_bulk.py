@@ -2,10 +2,11 @@
 
 :func:`stream_results` is ``AsyncCcmClient.stream_calls``: ``concurrency``
 workers take items from the source lazily (memory does not grow with the
-number of SIDs), look each one up, and send its :class:`CallResult` down a
-bounded stream. One SID's failure is that SID's result (``result`` makes it).
-Whatever ``result`` or the source raises instead stops the whole stream and is
-raised as itself, never inside an ``ExceptionGroup``: the source's own
+number of SIDs), look each one up with ``get_call``, and send its
+:class:`CallResult` down a bounded stream. One SID's failure (a
+:class:`CcmError`, an invalid SID or a non-string item included) is that SID's
+result. What the lookup or the source raises otherwise stops the whole stream
+and is raised as itself, never inside an ``ExceptionGroup``: the source's own
 exception, an :class:`AuthenticationError` or :class:`ConfigurationError` (no
 other SID would fare better), or the client being closed under the batch
 (:class:`ClientClosedError`).
@@ -29,21 +30,33 @@ import anyio
 import anyio.abc
 
 from ccm_async._config import call_sid_of
-from ccm_async._models import CallResult
+from ccm_async._errors import (
+    AuthenticationError,
+    CcmError,
+    ClientClosedError,
+    ConfigurationError,
+    forget_frames,
+    shown,
+)
+from ccm_async._models import CallDetails, CallResult
 
 __all__ = ["gather_results", "stream_results"]
 
 _END: Final = object()  # the source is exhausted (None is an item like any other)
+# Raised from a lookup, these end a batch: no other SID would fare better.
+_STOPS_THE_BATCH: Final = (AuthenticationError, ConfigurationError, ClientClosedError)
+
+_GetCall = Callable[[str], Awaitable[CallDetails]]
 
 
 @asynccontextmanager
 async def stream_results(
     items: Iterable[object] | AsyncIterable[object],
     *,
-    result: Callable[[object], Awaitable[CallResult]],
+    get_call: _GetCall,
     concurrency: int,
 ) -> AsyncGenerator[AsyncIterator[CallResult]]:
-    """The results of ``result(item)`` for every item, as they complete."""
+    """The result of every item, as they complete."""
     source = _aiter(items)
     send, receive = anyio.create_memory_object_stream[CallResult](concurrency)
     pulling = anyio.Lock()
@@ -57,7 +70,7 @@ async def stream_results(
                         item = await anext(source, _END)
                     if item is _END:
                         return
-                    outcome = await result(item)
+                    outcome = await _result(get_call, item)
                 except anyio.get_cancelled_exc_class():
                     raise
                 except BaseException as exc:
@@ -93,7 +106,7 @@ async def stream_results(
 async def gather_results(
     items: Iterable[object],
     *,
-    result: Callable[[object], Awaitable[CallResult]],
+    get_call: _GetCall,
     concurrency: int,
 ) -> list[CallResult]:
     """One result per input position, in input order; each distinct SID looked up once."""
@@ -104,13 +117,29 @@ async def gather_results(
     keys = [call_sid_of(item) if isinstance(item, str) else None for item in items]
     distinct = dict.fromkeys(key for key in keys if key is not None)
     by_sid: dict[str, CallResult] = {}
-    async with stream_results(distinct, result=result, concurrency=concurrency) as results:
+    async with stream_results(distinct, get_call=get_call, concurrency=concurrency) as results:
         async for outcome in results:
             by_sid[outcome.call_sid] = outcome
     return [
-        by_sid[key] if key is not None else await result(item)
+        by_sid[key] if key is not None else await _result(get_call, item)
         for key, item in zip(keys, items, strict=True)
     ]
+
+
+async def _result(get_call: _GetCall, item: object) -> CallResult:
+    try:
+        call = await get_call(item)  # type: ignore[arg-type]  # checked there
+    except _STOPS_THE_BATCH:
+        raise
+    except CcmError as exc:
+        forget_frames(exc)  # again: the frames of single-flight's task have ended now
+        return CallResult(call_sid=_sid_of(item, exc), error=exc)
+    return CallResult(call_sid=call_sid_of(item), call=call)
+
+
+def _sid_of(item: object, error: CcmError) -> str:
+    # A non-string item is named by its error's short printable repr.
+    return call_sid_of(item) if isinstance(item, str) else error.call_sid or shown(item)
 
 
 def _aiter(items: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from ccm_async import CallDetails, Recording
-from ccm_async._cli import CSV_COLUMNS
+from ccm_async._cli_files import CSV_COLUMNS
 from ccm_async.testing import FakeCcm, Fault
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]

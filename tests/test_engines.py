@@ -276,7 +276,7 @@ async def test_aiohttp_session_is_ours_alone(monkeypatch: pytest.MonkeyPatch) ->
         await client.get_call(SAMPLE_SID)
         from ccm_async._aiohttp import AiohttpEngine
 
-        engine = client._engine
+        engine = client._setup.engine
         assert isinstance(engine, AiohttpEngine)
         session = (await engine._sessions.get()).session
         assert session.connector is not None

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ccm_async import CallDetails, RateLimit, RateLimitError, ServerError
+from ccm_async._config import Credentials
 from ccm_async.testing import FakeCcm, Fault
 
 pytestmark = pytest.mark.anyio
@@ -103,7 +104,7 @@ async def test_routes_methods_and_auth() -> None:
     fake = FakeCcm(generate=True)
     async with fake.client(retry=None) as client:
         await client.get_call("ok")
-    authorization = fake.client()._headers["authorization"]
+    authorization = Credentials(**fake.credentials).authorization()
     wrong_path = await _raw(fake, "GET", "/v1/other", authorization=authorization)
     assert wrong_path.status_code == 404
     assert wrong_path.json()["response"]["error_data"]["code"] == 1000

@@ -29,9 +29,34 @@ PUBLIC = {name for package in PACKAGES for name in package.__all__}
 
 INTERNAL = {
     "ccm_async._aiohttp": {"AiohttpEngine", "client_timeout"},
+    "ccm_async._attempt": {"Attempts"},
     "ccm_async._body": {"decompress", "over_declared_cap", "read_capped", "too_large"},
     "ccm_async._bulk": {"gather_results", "stream_results"},
     "ccm_async._cli": {"cli", "main"},
+    "ccm_async._cli_demo": {"run_demo", "serve_fake"},
+    "ccm_async._cli_fetch": {
+        "EXIT_INTERRUPTED",
+        "EXIT_OK",
+        "EXIT_SOME_FAILED",
+        "EXIT_USAGE",
+        "FetchOptions",
+        "client_from_env",
+        "fetch_and_summarize",
+        "retry_for",
+        "run_fetch",
+    },
+    "ccm_async._cli_files": {
+        "CSV_COLUMNS",
+        "count_sids",
+        "csv_row",
+        "error_line",
+        "open_output",
+        "resume_point",
+        "sids",
+        "writer",
+    },
+    "ccm_async._cli_get": {"run_get"},
+    "ccm_async._cli_summary": {"Summary", "error_code", "progress"},
     "ccm_async._config": {
         "DEFAULT_TIMEOUT",
         "MAX_BODY_BYTES",
@@ -61,7 +86,16 @@ INTERNAL = {
         "failures_as_transport_errors",
         "own_engine",
     },
+    "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
+    "ccm_async._setup": {
+        "DEFAULT_RETRY",
+        "MAX_CONCURRENCY_LIMIT",
+        "Setup",
+        "check_count",
+        "client_setup",
+    },
+    "ccm_async._stats": {"Counters"},
     "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
     "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }
@@ -136,17 +170,43 @@ def test_type_hints_of_public_classes_resolve_where_they_are_shown() -> None:
 # Loaded on first use: the converter on the first call decoded, tenacity on a first
 # retry, httpcore (which imports trio when installed) with the first pool.
 DEFERRED = {"cattrs", "tenacity", "httpcore", "trio"}
+# And before them, the library itself: its public names are imported on first use,
+# so that the command's --version and --help load click alone.
+LIBRARY = {"anyio", "attr", "attrs", "httpx", "rich"} | DEFERRED
 COMMAND = "from ccm_async._cli import cli\ntry:\n    cli([{!r}])\nexcept SystemExit:\n    pass\n"
 
 
 @pytest.mark.parametrize(
-    "start",
-    ["import ccm_async", COMMAND.format("--version"), COMMAND.format("--help")],
-    ids=["import", "--version", "--help"],
+    ("start", "unloaded"),
+    [
+        ("import ccm_async", LIBRARY),
+        ("from ccm_async import AsyncCcmClient", DEFERRED),
+        (COMMAND.format("--version"), LIBRARY),
+        (COMMAND.format("--help"), LIBRARY),
+    ],
+    ids=["import", "first-use", "--version", "--help"],
 )
-def test_starting_up_leaves_the_heavy_dependencies_to_first_use(start: str) -> None:
-    probe = f"{start}\nimport sys\nprint(sorted(set(sys.modules) & {DEFERRED!r}))"
+def test_starting_up_leaves_the_heavy_dependencies_to_first_use(
+    start: str, unloaded: set[str]
+) -> None:
+    probe = f"{start}\nimport sys\nprint(sorted(set(sys.modules) & set({sorted(unloaded)!r})))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_public_names_are_loaded_together_on_first_use() -> None:
+    probe = (
+        "import ccm_async, sys\n"
+        "assert 'ccm_async._errors' not in sys.modules\n"
+        "client = ccm_async.AsyncCcmClient\n"
+        "print(ccm_async.CallNotFoundError.__module__, 'RetryPolicy' in vars(ccm_async))\n"
+        "print(sorted(set(ccm_async.__all__) - set(dir(ccm_async))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["ccm_async True", "[]"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        ccm_async.nothing  # type: ignore[attr-defined]  # noqa: B018 - the access raises

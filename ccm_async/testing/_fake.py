@@ -23,10 +23,8 @@ import anyio.lowlevel
 import attrs
 import httpx
 
-from ccm_async._client import AsyncCcmClient
+from ccm_async import AsyncCcmClient, CallDetails, RateLimit
 from ccm_async._convert import unstructure_call
-from ccm_async._models import CallDetails
-from ccm_async._throttle import RateLimit
 
 __all__ = ["FakeCcm", "Fault", "RecordedRequest"]
 

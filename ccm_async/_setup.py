@@ -1,0 +1,125 @@
+"""The client's construction: its arguments checked, then the parts it is built of.
+
+:func:`client_setup` takes ``AsyncCcmClient``'s constructor arguments and
+checks them in the order they are documented: credentials, the timeout,
+counts, the host, then the types of the objects given. It returns a
+:class:`Setup`: the URLs, the bound on requests in flight, the retry policy,
+and the engine that sends the requests (``_http``), which opens nothing until
+the first lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import attrs
+import httpx
+
+from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
+from ccm_async._errors import ConfigurationError
+from ccm_async._http import Engine, client_engine, own_engine
+from ccm_async._retry import RetryPolicy
+from ccm_async._throttle import RateLimit
+from ccm_async._version import __version__
+
+__all__ = ["DEFAULT_RETRY", "MAX_CONCURRENCY_LIMIT", "Setup", "check_count", "client_setup"]
+
+MAX_CONCURRENCY_LIMIT: Final = 4096
+DEFAULT_RETRY: Final = RetryPolicy()
+_SINGLE_ATTEMPT: Final = RetryPolicy(attempts=1)
+_USER_AGENT: Final = f"ccm-async/{__version__}"
+
+
+@attrs.frozen(kw_only=True)
+class Setup:
+    """What a client is built of: where it sends, how much at once, and with what."""
+
+    base_url: str
+    account_sid: str
+    calls_url: str  # the SID is appended
+    max_concurrency: int
+    cache_size: int
+    policy: RetryPolicy
+    rate_limit: RateLimit | None
+    timeout: httpx.Timeout
+    engine: Engine
+
+
+def client_setup(
+    *,
+    api_key: str,
+    api_token: str,
+    account_sid: str,
+    region: Region | str,
+    base_url: str | None,
+    max_concurrency: int,
+    timeout: float | httpx.Timeout,
+    retry: RetryPolicy | None,
+    rate_limit: RateLimit | None,
+    cache_size: int,
+    http_client: httpx.AsyncClient | None,
+    transport: Literal["httpx", "aiohttp"],
+) -> Setup:
+    """The parts of a client, or a :class:`ConfigurationError` for the first bad argument."""
+    credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
+    timeout = check_timeout(timeout)
+    check_count("max_concurrency", max_concurrency, MAX_CONCURRENCY_LIMIT)
+    check_count("cache_size", cache_size, 10_000_000, low=0)
+    resolved_url = resolve_base_url(region, base_url)
+    headers = {
+        "authorization": credentials.authorization(),
+        "accept": "application/json",
+        "content-type": "application/json",
+        "accept-encoding": "gzip",
+        "user-agent": _USER_AGENT,
+    }
+    # A pool of the user's that is smaller than the bound lowers the bound, so
+    # a queued lookup waits for a slot, never for a connection (PoolTimeout).
+    pool = _pool_size(http_client) if http_client is not None else None
+    _check_type("retry", retry, RetryPolicy)
+    _check_type("rate_limit", rate_limit, RateLimit)
+    _check_type("http_client", http_client, httpx.AsyncClient)
+    if http_client is None:
+        timeout = httpx.Timeout(timeout)
+        engine = own_engine(
+            transport,
+            base_url=resolved_url,
+            headers=headers,
+            max_connections=max_concurrency,
+            timeout=timeout,
+        )
+    else:
+        timeout = http_client.timeout
+        engine = client_engine(http_client, headers=headers)
+    return Setup(
+        base_url=resolved_url,
+        account_sid=credentials.account_sid,
+        calls_url=f"{resolved_url}/v2/accounts/{credentials.account_sid}/calls/",
+        max_concurrency=min(max_concurrency, pool or max_concurrency),
+        cache_size=cache_size,
+        policy=_SINGLE_ATTEMPT if retry is None else retry,
+        rate_limit=rate_limit,
+        timeout=timeout,
+        engine=engine,
+    )
+
+
+def check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
+    """A :class:`ConfigurationError` unless ``value`` is an integer from ``low`` to ``high``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
+
+
+def _check_type(name: str, value: object, expected: type) -> None:
+    if value is not None and not isinstance(value, expected):
+        raise ConfigurationError(
+            f"{name} must be a {expected.__module__}.{expected.__qualname__} or None, "
+            f"not {type(value).__name__}"
+        )
+
+
+def _pool_size(http_client: httpx.AsyncClient) -> int | None:
+    """The connection limit of an httpx client's default transport, if it can be read."""
+    pool = getattr(getattr(http_client, "_transport", None), "_pool", None)
+    size = getattr(pool, "_max_connections", None)
+    return size if isinstance(size, int) and size > 0 else None
