@@ -108,6 +108,14 @@ class _Checked(httpcore.AsyncConnectionInterface):
 
     def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
         self._connection = connection
+        # The pool asks these of every connection on every pass: bound straight to
+        # the connection's own, they cost no extra call (a fifth of a pass at 500).
+        self.can_handle_request = connection.can_handle_request  # type: ignore[method-assign]
+        self.is_available = connection.is_available  # type: ignore[method-assign]
+        self.has_expired = connection.has_expired  # type: ignore[method-assign]
+        self.is_idle = connection.is_idle  # type: ignore[method-assign]
+        self.is_closed = connection.is_closed  # type: ignore[method-assign]
+        self.info = connection.info  # type: ignore[method-assign]
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         if self._connection.is_idle() and self._connection.has_expired():
@@ -117,24 +125,6 @@ class _Checked(httpcore.AsyncConnectionInterface):
 
     async def aclose(self) -> None:
         await self._connection.aclose()
-
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return self._connection.can_handle_request(origin)
-
-    def is_available(self) -> bool:
-        return self._connection.is_available()
-
-    def has_expired(self) -> bool:
-        return self._connection.has_expired()
-
-    def is_idle(self) -> bool:
-        return self._connection.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._connection.is_closed()
-
-    def info(self) -> str:
-        return self._connection.info()
 
     def __repr__(self) -> str:
         return repr(self._connection)
