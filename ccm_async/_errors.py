@@ -49,6 +49,7 @@ __all__ = [
     "WaitTimeoutError",
     "api_error",
     "forget_frames",
+    "one_line",
     "parse_retry_after",
     "shown",
 ]
@@ -229,9 +230,9 @@ def _summary(answer: ErrorAnswer, *, status: int, from_api: bool, cls: type[ApiE
         parts.append(f"error code {answer.code}")
     summary = ", ".join(parts)
     if answer.message:
-        summary += f": {_one_line(answer.message)}"
+        summary += f": {one_line(answer.message)}"
     if answer.description and answer.description != answer.message:
-        summary += f" ({_one_line(answer.description)})"
+        summary += f" ({one_line(answer.description)})"
     if not from_api:
         summary += ": the response was not the CCM API's envelope (check base_url and proxies)"
     if cls is AuthenticationError:
@@ -240,12 +241,13 @@ def _summary(answer: ErrorAnswer, *, status: int, from_api: bool, cls: type[ApiE
         summary += f"; retry after {answer.retry_after:g}s"
     if answer.call_sid is not None:
         summary += f" [call_sid={answer.call_sid}"
-        summary += f", request_id={_one_line(answer.request_id)}]" if answer.request_id else "]"
+        summary += f", request_id={one_line(answer.request_id)}]" if answer.request_id else "]"
     return summary
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    """A server's text as it may appear in a message: one printable line, bounded.
+def one_line(text: str, limit: int = 200) -> str:
+    """A text from outside (a server's, a stack's) as it may appear in a message:
+    one printable line, bounded.
 
     The attributes keep the text verbatim; a message goes into logs, where a
     newline or an escape sequence from a server could forge or hide lines.

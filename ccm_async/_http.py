@@ -43,6 +43,7 @@ from ccm_async._errors import (
     RequestTimeoutError,
     ResponseFormatError,
     TransportError,
+    one_line,
     parse_retry_after,
 )
 
@@ -315,8 +316,9 @@ def _safe_cause(exc: Exception) -> Exception | None:
 
 def _describe(exc: BaseException) -> str:
     # The stacks' messages name the failure (and aiohttp's the URL, which holds no
-    # credential), never the request's headers.
-    detail = str(exc)
+    # credential), never the request's headers; aiohttp's may quote what the
+    # server sent, hence one bounded, printable line.
+    detail = one_line(str(exc))
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 

@@ -53,7 +53,8 @@ class Pool(httpcore.AsyncConnectionPool):
     as for us. This pass is O(connections + requests): each idle connection
     goes to at most one request, and a connection handed to a request that has
     not started on it yet is neither handed out again nor closed by a pass (the
-    request checks it as it starts: :class:`_Checked`).
+    request checks it as it starts: :class:`_Checked`). A new connection left
+    behind by a request cancelled before it started goes to the next request.
 
     It serves one client's requests: one origin, every connection kept alive
     (``max_keepalive_connections == max_connections``, see :func:`pool_limits`).
@@ -75,7 +76,7 @@ class Pool(httpcore.AsyncConnectionPool):
                 closing.append(connection)
             else:
                 kept.append(connection)
-                if connection.is_available():
+                if connection.is_available() or _unused(connection):
                     free.append(connection)
         self._connections = kept
         for request in self._requests:
@@ -95,6 +96,14 @@ class Pool(httpcore.AsyncConnectionPool):
         return _Checked(super().create_connection(origin))
 
 
+def _unused(connection: httpcore.AsyncConnectionInterface) -> bool:
+    # A connection that never carried a request, which no request holds: the one
+    # it was made for was cancelled before it began on it. httpcore's pools keep
+    # such a connection (connecting, or connected with nothing sent) against the
+    # limit for good; at the limit, every later request times out.
+    return isinstance(connection, _Checked) and connection.unused
+
+
 class _Checked(httpcore.AsyncConnectionInterface):
     """A connection that checks, as its request starts on it, that it is still fit.
 
@@ -108,6 +117,7 @@ class _Checked(httpcore.AsyncConnectionInterface):
 
     def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
         self._connection = connection
+        self.unused = True
         # The pool asks these of every connection on every pass: bound straight to
         # the connection's own, they cost no extra call (a fifth of a pass at 500).
         self.can_handle_request = connection.can_handle_request  # type: ignore[method-assign]
@@ -121,7 +131,18 @@ class _Checked(httpcore.AsyncConnectionInterface):
         if self._connection.is_idle() and self._connection.has_expired():
             await self._connection.aclose()
             raise httpcore.ConnectionNotAvailable
-        return await self._connection.handle_async_request(request)
+        self.unused = False
+        try:
+            return await self._connection.handle_async_request(request)
+        except httpcore.ConnectionNotAvailable:
+            raise  # it refused the request: not one to hand out again
+        except BaseException:
+            # A request that fails once it has begun leaves the connection idle or
+            # closed. Neither means it was cancelled before it began (asyncio's
+            # cancellation lands even in httpcore's shielded checkpoints): nothing
+            # was sent, and the connection can serve the next request.
+            self.unused = not (self._connection.is_idle() or self._connection.is_closed())
+            raise
 
     async def aclose(self) -> None:
         await self._connection.aclose()
@@ -136,10 +157,11 @@ def fits(stock: type[httpcore.AsyncConnectionPool]) -> bool:
         return False
     try:
         from httpcore._async.connection_pool import AsyncPoolRequest  # noqa: PLC0415
-    except ImportError:
+
+        queued = AsyncPoolRequest(httpcore.Request(b"GET", "http://127.0.0.1/"))
+        pool = stock()
+    except Exception:  # whatever a changed httpcore raises: it does not fit
         return False
-    queued = AsyncPoolRequest(httpcore.Request(b"GET", "http://127.0.0.1/"))
-    pool = stock()
     return all(hasattr(pool, name) for name in _POOL_PARTS) and all(
         hasattr(queued, name) for name in _REQUEST_PARTS
     )
@@ -151,7 +173,7 @@ def pool_class() -> type[httpcore.AsyncConnectionPool]:
     if fits(httpcore.AsyncConnectionPool):
         return Pool
     _log.warning(
-        "httpcore %s does not have the pool pass ccm_async replaces; using its own pool",
+        "httpcore %s does not have the pool pass ccm_async replaces; using httpcore's stock pool",
         getattr(httpcore, "__version__", "?"),
     )
     return httpcore.AsyncConnectionPool

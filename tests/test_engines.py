@@ -147,6 +147,30 @@ async def test_a_hang_is_a_timeout_within_the_timeout(engine: Engine) -> None:
         assert (await client.get_call("fine")).call_sid == "fine"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"\x00\xff\x13garbage\xfe" * 50,  # not HTTP at all
+        SAMPLE,  # a body with no status line or headers (HTTP/0.9)
+        b"HTTP/1.1 200 OK\r\nX-Junk: " + b"\x1b[2J<html>" * 400 + b"\r\n\r\n",  # a bad header
+    ],
+    ids=["garbage", "bare-body", "bad-header"],
+)
+async def test_a_stack_failure_is_one_short_printable_line(engine: Engine, answer: bytes) -> None:
+    # A stack's message may quote what the server sent (aiohttp's does): it goes
+    # into logs, so it is bounded and made printable like any server text.
+    async with (
+        http_server(answer) as (base_url, _),
+        client_on(engine, base_url, **CREDENTIALS) as client,
+    ):
+        with pytest.raises((TransportError, ResponseFormatError)) as info:
+            await client.get_call(SAMPLE_SID)
+    message = str(info.value)
+    assert len(message) <= 400, message
+    assert message.isprintable(), message
+    assert info.value.call_sid == SAMPLE_SID
+
+
 @pytest.mark.parametrize("declare_length", [True, False])
 async def test_an_oversized_body_is_refused(engine: Engine, declare_length: bool) -> None:
     fake = FakeCcm(generate=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import select
@@ -13,10 +15,12 @@ from typing import cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpcore
+import httpx
 import pytest
 
-from ccm_async import AsyncCcmClient
+from ccm_async import AsyncCcmClient, CcmError
 from ccm_async._transport import Backend, Pool, fits, pool_class
 from ccm_async.testing import FakeCcm
 from tests.conftest import CountingBackend
@@ -172,6 +176,42 @@ async def test_a_connection_closed_before_its_queued_request_starts_is_replaced(
     assert backend.closed_mid_read == 0
 
 
+def test_lookups_cancelled_at_any_point_leave_the_pool_usable() -> None:
+    # asyncio's own cancellation (asyncio.wait_for, task.cancel) lands even in
+    # httpcore's shielded checkpoints: a request cancelled while it was taking a
+    # lock on its new connection left that connection connecting, or connected
+    # with nothing sent, and no pass handed it out again. At the limit (one
+    # connection here) every later lookup timed out waiting for the pool.
+    async def cancel_after(steps: int, fake: FakeCcm, base_url: str) -> list[str]:
+        # Without `async with`, a lookup runs in its caller's task, and is cancelled with it.
+        client = AsyncCcmClient(
+            **fake.credentials,
+            base_url=base_url,
+            max_concurrency=1,
+            timeout=httpx.Timeout(5.0, pool=1.0),
+            retry=None,
+        )
+        try:
+            task = asyncio.ensure_future(client.get_call(f"first{steps}"))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CcmError):
+                await task
+            results = await client.get_calls([f"then{steps}x{i}" for i in range(3)])
+        finally:
+            await client.aclose()
+        return [type(result.error).__name__ for result in results if result.error]
+
+    async def main() -> dict[int, list[str]]:
+        fake = FakeCcm(generate=True)
+        async with fake.serve() as base_url:
+            failures = {steps: await cancel_after(steps, fake, base_url) for steps in range(40)}
+        return {steps: errors for steps, errors in failures.items() if errors}
+
+    assert asyncio.run(main()) == {}
+
+
 def test_the_own_pool_fits_the_installed_httpcore() -> None:
     assert fits(httpcore.AsyncConnectionPool)
     assert pool_class() is Pool
@@ -185,8 +225,13 @@ def test_a_pool_without_the_replaced_pass_does_not_fit() -> None:
         def __init__(self) -> None:
             pass
 
+    class Raising(httpcore.AsyncConnectionPool):
+        def __init__(self) -> None:
+            raise TypeError("a changed constructor")
+
     assert not fits(Other)
     assert not fits(Bare)
+    assert not fits(Raising)
 
 
 async def test_without_a_fit_the_stock_pool_serves_and_says_so_once(
@@ -202,7 +247,7 @@ async def test_without_a_fit_the_stock_pool_serves_and_says_so_once(
                 async with AsyncCcmClient(**fake.credentials, base_url=base_url) as client:
                     results = await client.get_calls([f"s{i}" for i in range(20)])
                 assert all(result.ok for result in results)
-        warnings = [r for r in caplog.records if "its own pool" in r.getMessage()]
+        warnings = [r for r in caplog.records if "stock pool" in r.getMessage()]
         assert len(warnings) == 1
         assert pool_class() is httpcore.AsyncConnectionPool
     finally:

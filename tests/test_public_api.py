@@ -74,7 +74,7 @@ INTERNAL = {
         "structure_call",
         "unstructure_call",
     },
-    "ccm_async._errors": {"api_error", "forget_frames", "parse_retry_after", "shown"},
+    "ccm_async._errors": {"api_error", "forget_frames", "one_line", "parse_retry_after", "shown"},
     "ccm_async._flights": {"SingleFlight", "TerminalCache"},
     "ccm_async._http": {
         "ClientEngine",
