@@ -5,7 +5,7 @@ prebuilt ``yarl.URL`` (parsed once per base), the headers are the session's,
 built once, and the body is read from aiohttp's stream with the same cap and
 gzip decoding as every other engine (:mod:`ccm_async._body`).
 
-The session, one per event loop (:class:`~ccm_async._http.PerLoop`), follows
+The session, one per event loop (:class:`~ccm_async._loops.PerLoop`), follows
 no redirects, keeps no cookies, decodes nothing itself (``auto_decompress``
 off: the capped gunzip is ours), reads no proxy or netrc settings from the
 environment (``trust_env=False``) and verifies TLS with the process's shared
@@ -30,9 +30,10 @@ from ccm_async._body import decompress, over_declared_cap, read_capped, too_larg
 from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._errors import (
     ConfigurationError,
-    parse_retry_after,
 )
-from ccm_async._http import PerLoop, Reply, default_ssl_context, failures_as_transport_errors
+from ccm_async._http import Reply, default_ssl_context, failures_as_transport_errors
+from ccm_async._loops import PerLoop
+from ccm_async._retry_after import parse_retry_after
 from ccm_async._transport import pool_limits
 
 __all__ = ["AiohttpEngine", "client_timeout"]

@@ -19,7 +19,7 @@ import anyio
 
 from ccm_async._convert import decode_response
 from ccm_async._errors import ApiError, RateLimitError, TransportError
-from ccm_async._http import current_loop
+from ccm_async._loops import current_loop
 from ccm_async._models import CallDetails, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, is_retryable
 from ccm_async._setup import Setup

@@ -15,11 +15,9 @@ original as its cause. The engines, chosen by the client's ``transport=`` and
 - :class:`~ccm_async._aiohttp.AiohttpEngine` (``transport="aiohttp"``): an
   ``aiohttp.ClientSession`` of our own, with no httpx objects on the way.
 
-A connection belongs to the event loop that opened it. An engine the client
-owns is built on first use and built again, with fresh connections, when the
-client is used from another event loop (two ``asyncio.run`` in a row);
-otherwise the first requests there would go out on the old loop's dead
-connections. A user's ``http_client`` is theirs to keep on one loop.
+An engine the client owns holds its connections per event loop
+(:class:`~ccm_async._loops.PerLoop`); :mod:`ccm_async._engines` picks the
+engine for a client's arguments.
 """
 
 from __future__ import annotations
@@ -27,25 +25,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import ssl
-import urllib.request
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
-from typing import TYPE_CHECKING, Final, Generic, Literal, NamedTuple, Protocol, TypeVar
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import httpx
-import sniffio
 
 from ccm_async._body import decompress, over_declared_cap, read_capped, too_large
 from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._errors import (
     CcmError,
     ClientClosedError,
-    ConfigurationError,
     RequestTimeoutError,
     ResponseFormatError,
     TransportError,
     one_line,
-    parse_retry_after,
 )
+from ccm_async._loops import PerLoop
+from ccm_async._retry_after import parse_retry_after
 
 if TYPE_CHECKING:
     # Imported with the first pool: httpcore imports trio whenever it is installed.
@@ -54,12 +50,10 @@ if TYPE_CHECKING:
 __all__ = [
     "ClientEngine",
     "Engine",
-    "PerLoop",
+    "PoolEngine",
     "Reply",
-    "client_engine",
     "default_ssl_context",
     "failures_as_transport_errors",
-    "own_engine",
 ]
 
 _STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError)
@@ -94,71 +88,6 @@ def default_ssl_context() -> ssl.SSLContext:
     ``SSL_CERT_DIR`` choose the CAs, as in httpx, when it is built.
     """
     return httpx.create_ssl_context()
-
-
-def current_loop() -> object:
-    """The running event loop (asyncio's loop, or trio's run token)."""
-    if sniffio.current_async_library() == "trio":
-        import trio  # noqa: PLC0415 - only under trio, which is then imported
-
-        return trio.lowlevel.current_trio_token()
-    import asyncio  # noqa: PLC0415 - loaded by then: it runs this code
-
-    return asyncio.get_running_loop()
-
-
-class _Closable(Protocol):
-    async def aclose(self) -> None: ...
-
-
-_C = TypeVar("_C", bound=_Closable)
-
-
-class PerLoop(Generic[_C]):
-    """One connection holder (a pool, a transport, a client) per event loop.
-
-    Built on first use on a loop; built again, with fresh connections, when used
-    from another loop. The one of a loop is closed by :meth:`aclose` or, if the
-    client was never closed, when that loop ends: asyncio (``asyncio.run``) and
-    trio finalize the async generators still open when a run ends, while the
-    loop still runs, so the holder is closed on its own loop instead of being
-    left to the garbage collector with its sockets open.
-    """
-
-    def __init__(self, build: Callable[[], _C]) -> None:
-        self._build = build
-        self._current: _C | None = None
-        self._loop: object = None
-        self._closer: AsyncGenerator[None] | None = None
-        self._closed = False
-
-    async def get(self) -> _C:
-        """The holder of the running loop; after :meth:`aclose`, ClientClosedError."""
-        if self._closed:
-            raise ClientClosedError("the client is closed")
-        loop = current_loop()
-        current = self._current
-        if current is None or loop is not self._loop:
-            current = self._current = self._build()
-            self._loop = loop
-            # Started here, so that this loop's asyncgen hooks know it from now on.
-            self._closer = _closed_with_the_loop(current)
-            await anext(self._closer)
-        return current
-
-    async def aclose(self) -> None:
-        """Close the running loop's holder (another loop's was closed when it ended)."""
-        self._closed = True
-        closer, self._closer, self._current = self._closer, None, None
-        if closer is not None and self._loop is current_loop():
-            await closer.aclose()
-
-
-async def _closed_with_the_loop(holder: _Closable) -> AsyncGenerator[None]:
-    try:
-        yield
-    finally:
-        await holder.aclose()
 
 
 class PoolEngine:
@@ -320,71 +249,3 @@ def _describe(exc: BaseException) -> str:
     # server sent, hence one bounded, printable line.
     detail = one_line(str(exc))
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def own_engine(
-    transport: Literal["httpx", "aiohttp"],
-    *,
-    base_url: str,
-    headers: dict[str, str],
-    max_connections: int,
-    timeout: httpx.Timeout,
-) -> Engine:
-    """The engine of a client without ``http_client``."""
-    if transport == "aiohttp":
-        engine = _aiohttp_engine(headers=headers, max_connections=max_connections, timeout=timeout)
-        if _running_library() not in (None, "asyncio"):
-            raise ConfigurationError(_AIOHTTP_NEEDS_ASYNCIO)
-        return engine
-    if transport != "httpx":
-        raise ConfigurationError("transport must be 'httpx' or 'aiohttp'")
-    if urllib.request.getproxies():
-        # Proxies from the environment need httpx's mounts.
-        from ccm_async._transport import pool_limits  # noqa: PLC0415
-
-        clients = PerLoop(
-            lambda: httpx.AsyncClient(
-                limits=pool_limits(max_connections), timeout=timeout, verify=default_ssl_context()
-            )
-        )
-        return ClientEngine(clients, headers=headers)
-    host = httpx.URL(base_url).netloc.decode("ascii")
-    return PoolEngine(host=host, headers=headers, max_connections=max_connections, timeout=timeout)
-
-
-_AIOHTTP_NEEDS_ASYNCIO: Final = (
-    "transport='aiohttp' needs asyncio (aiohttp runs on asyncio only); "
-    "use the default transport='httpx' under trio"
-)
-
-
-def _running_library() -> str | None:
-    try:
-        return sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return None
-
-
-def client_engine(http_client: httpx.AsyncClient, *, headers: dict[str, str]) -> Engine:
-    """The engine of a client given a user's ``http_client`` (left open for its owner)."""
-    return ClientEngine(http_client, headers=headers)
-
-
-def _aiohttp_engine(
-    *, headers: dict[str, str], max_connections: int, timeout: httpx.Timeout
-) -> Engine:
-    # The extra, asked for first: an engine module imported before would not notice it gone.
-    try:
-        import aiohttp  # noqa: F401, PLC0415  # pyright: ignore[reportUnusedImport]
-    except ImportError as exc:
-        raise ConfigurationError(
-            "transport='aiohttp' needs the extra: pip install 'ccm-async[aiohttp]'"
-        ) from exc
-    from ccm_async._aiohttp import AiohttpEngine  # noqa: PLC0415 - imports aiohttp
-
-    return AiohttpEngine(
-        headers=headers,
-        max_connections=max_connections,
-        timeout=timeout,
-        asyncio_only=_AIOHTTP_NEEDS_ASYNCIO,
-    )

@@ -16,8 +16,9 @@ import attrs
 import httpx
 
 from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
+from ccm_async._engines import client_engine, own_engine
 from ccm_async._errors import ConfigurationError
-from ccm_async._http import Engine, client_engine, own_engine
+from ccm_async._http import Engine
 from ccm_async._retry import RetryPolicy
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__

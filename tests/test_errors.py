@@ -29,8 +29,9 @@ from ccm_async import (
     TransportError,
 )
 from ccm_async._convert import decode_response
-from ccm_async._errors import error_class, parse_retry_after
+from ccm_async._errors import error_class
 from ccm_async._retry import is_retryable
+from ccm_async._retry_after import parse_retry_after
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
 pytestmark = pytest.mark.anyio

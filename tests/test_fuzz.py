@@ -19,7 +19,7 @@ from ccm_async import (
     CcmError,
     ResponseFormatError,
 )
-from ccm_async._errors import parse_retry_after
+from ccm_async._retry_after import parse_retry_after
 
 from .conftest import stand_in_client
 
