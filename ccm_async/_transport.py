@@ -22,9 +22,10 @@ import functools
 import logging
 import select
 import socket
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
+import anyio
 import httpcore
 import httpx
 
@@ -68,10 +69,10 @@ class Pool(httpcore.AsyncConnectionPool):
         kept: list[httpcore.AsyncConnectionInterface] = []
         free: collections.deque[httpcore.AsyncConnectionInterface] = collections.deque()
         for connection in self._connections:
+            if connection.is_closed():
+                continue  # dropped, held or not, as httpcore's pass does
             if id(connection) in reserved:
                 kept.append(connection)
-            elif connection.is_closed():
-                continue
             elif connection.has_expired():
                 closing.append(connection)
             else:
@@ -133,22 +134,52 @@ class _Checked(httpcore.AsyncConnectionInterface):
             raise httpcore.ConnectionNotAvailable
         self.unused = False
         try:
-            return await self._connection.handle_async_request(request)
+            response = await self._connection.handle_async_request(request)
         except httpcore.ConnectionNotAvailable:
             raise  # it refused the request: not one to hand out again
         except BaseException:
-            # A request that fails once it has begun leaves the connection idle or
-            # closed. Neither means it was cancelled before it began (asyncio's
-            # cancellation lands even in httpcore's shielded checkpoints): nothing
-            # was sent, and the connection can serve the next request.
-            self.unused = not (self._connection.is_idle() or self._connection.is_closed())
+            # A failed request leaves its connection idle or closed, unless it was
+            # cancelled by asyncio, whose cancellation lands even in httpcore's
+            # shielded checkpoints: then the connection may be left connecting,
+            # connected with nothing sent, or active with no request on it, and no
+            # pass would hand it out or close it again. It is closed here; one that
+            # never connected has nothing to close, and serves the next request.
+            if not (self._connection.is_idle() or self._connection.is_closed()):
+                with anyio.CancelScope(shield=True):
+                    await self._connection.aclose()
+                self.unused = not self._connection.is_closed()
             raise
+        response.stream = _ClosedInFull(response.stream, self._connection)
+        return response
 
     async def aclose(self) -> None:
         await self._connection.aclose()
 
     def __repr__(self) -> str:
         return repr(self._connection)
+
+
+class _ClosedInFull:
+    """A response body whose close, if asyncio's cancellation cuts it short, closes
+    the connection: httpcore's close is shielded from anyio's cancellation only,
+    and one cut short leaves the connection active with no request on it, held
+    against the pool's limit for good."""
+
+    def __init__(self, stream: Any, connection: httpcore.AsyncConnectionInterface) -> None:
+        self._stream = stream
+        self._connection = connection
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self._stream)
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        except BaseException:
+            if not (self._connection.is_idle() or self._connection.is_closed()):
+                with anyio.CancelScope(shield=True):
+                    await self._connection.aclose()
+            raise
 
 
 def fits(stock: type[httpcore.AsyncConnectionPool]) -> bool:

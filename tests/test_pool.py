@@ -206,7 +206,7 @@ def test_lookups_cancelled_at_any_point_leave_the_pool_usable() -> None:
     async def main() -> dict[int, list[str]]:
         fake = FakeCcm(generate=True)
         async with fake.serve() as base_url:
-            failures = {steps: await cancel_after(steps, fake, base_url) for steps in range(40)}
+            failures = {steps: await cancel_after(steps, fake, base_url) for steps in range(60)}
         return {steps: errors for steps, errors in failures.items() if errors}
 
     assert asyncio.run(main()) == {}

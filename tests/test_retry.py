@@ -33,7 +33,7 @@ from ccm_async import (
     RetryPolicy,
     ServerError,
     TransportError,
-    _errors,
+    _retry_after,
 )
 from ccm_async._config import DEFAULT_TIMEOUT
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
@@ -164,7 +164,7 @@ async def test_retry_after_is_waited_exactly(
     fake.fail("s2", Fault.html(503, retry_after=3), times=1)
     # An HTTP date counts from the wall clock: hold it still, on a whole second.
     now = float(int(time.time()))
-    monkeypatch.setattr(_errors, "time", types.SimpleNamespace(time=lambda: now))
+    monkeypatch.setattr(_retry_after, "time", types.SimpleNamespace(time=lambda: now))
     when = email.utils.formatdate(now + 30, usegmt=True)
     fake.fail("s3", Fault.rate_limited(retry_after=when), times=1)
     caplog.set_level(logging.WARNING, logger="ccm_async")
