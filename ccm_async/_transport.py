@@ -96,6 +96,21 @@ class Pool(httpcore.AsyncConnectionPool):
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
         return _Checked(super().create_connection(origin))
 
+    async def aclose(self) -> None:
+        # httpcore closes the connections one by one, shielded from anyio's
+        # cancellation only: asyncio's would stop it at the first, leaving the rest
+        # open. Each one is closed whatever happens; the first failure goes on.
+        closing, self._connections = self._connections, []
+        failure: BaseException | None = None
+        for connection in closing:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await connection.aclose()
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
 
 def _unused(connection: httpcore.AsyncConnectionInterface) -> bool:
     # A connection that never carried a request, which no request holds: the one
@@ -126,7 +141,6 @@ class _Checked(httpcore.AsyncConnectionInterface):
         self.has_expired = connection.has_expired  # type: ignore[method-assign]
         self.is_idle = connection.is_idle  # type: ignore[method-assign]
         self.is_closed = connection.is_closed  # type: ignore[method-assign]
-        self.info = connection.info  # type: ignore[method-assign]
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         if self._connection.is_idle() and self._connection.has_expired():
@@ -154,6 +168,9 @@ class _Checked(httpcore.AsyncConnectionInterface):
 
     async def aclose(self) -> None:
         await self._connection.aclose()
+
+    def info(self) -> str:
+        return self._connection.info()
 
     def __repr__(self) -> str:
         return repr(self._connection)
@@ -190,12 +207,19 @@ def fits(stock: type[httpcore.AsyncConnectionPool]) -> bool:
         from httpcore._async.connection_pool import AsyncPoolRequest  # noqa: PLC0415
 
         queued = AsyncPoolRequest(httpcore.Request(b"GET", "http://127.0.0.1/"))
-        pool = stock()
+        # Built as PoolEngine builds its pool.
+        pool = stock(
+            ssl_context=None,
+            max_connections=1,
+            max_keepalive_connections=1,
+            keepalive_expiry=5.0,
+            network_backend=None,
+        )
+        return all(hasattr(pool, name) for name in _POOL_PARTS) and all(
+            hasattr(queued, name) for name in _REQUEST_PARTS
+        )
     except Exception:  # whatever a changed httpcore raises: it does not fit
         return False
-    return all(hasattr(pool, name) for name in _POOL_PARTS) and all(
-        hasattr(queued, name) for name in _REQUEST_PARTS
-    )
 
 
 @functools.cache
