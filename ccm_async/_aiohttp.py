@@ -132,8 +132,8 @@ class AiohttpEngine:
     async def get(self, url: str, call_sid: str) -> Reply:
         if sniffio.current_async_library() != "asyncio":
             raise ConfigurationError(self._asyncio_only)
-        holder = await self._sessions.get()
         with failures_as_transport_errors(call_sid):
+            holder = await self._sessions.get()
             response = await holder.session.get(self._url(url, call_sid), allow_redirects=False)
             try:
                 raw = await _read_body(response, call_sid)

@@ -118,9 +118,10 @@ class PoolEngine:
     async def get(self, url: str, call_sid: str) -> Reply:
         import httpcore  # noqa: PLC0415 - loaded with the pool
 
-        pool = await self._pools.get()
         request = httpcore.Request(b"GET", url, headers=self._headers, extensions=self._extensions)
         with failures_as_transport_errors(call_sid):
+            # Building the pool is a failure of this lookup's too (a changed httpcore).
+            pool = await self._pools.get()
             response = await pool.handle_async_request(request)
             try:
                 headers = _header_map(response.headers)
@@ -167,9 +168,9 @@ class ClientEngine:
         return clients
 
     async def get(self, url: str, call_sid: str) -> Reply:
-        http_client = await self._client()
-        request = http_client.build_request("GET", url, headers=self._headers)
         with failures_as_transport_errors(call_sid):
+            http_client = await self._client()
+            request = http_client.build_request("GET", url, headers=self._headers)
             response = await http_client.send(request, stream=True, follow_redirects=False)
             return await read_httpx_response(response, call_sid)
 

@@ -21,7 +21,7 @@ import httpcore
 import httpx
 import pytest
 
-from ccm_async import AsyncCcmClient, CcmError
+from ccm_async import AsyncCcmClient, CcmError, TransportError
 from ccm_async._transport import Backend, Pool, fits, pool_class
 from ccm_async.testing import FakeCcm
 from tests.conftest import CountingBackend
@@ -297,3 +297,24 @@ async def test_without_a_fit_the_stock_pool_serves_and_says_so_once(
         assert pool_class() is httpcore.AsyncConnectionPool
     finally:
         pool_class.cache_clear()
+
+
+async def test_a_pool_that_cannot_be_built_is_each_lookup_s_transport_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Unbuildable(httpcore.AsyncConnectionPool):
+        def __init__(self, **_: object) -> None:
+            raise TypeError("unexpected keyword argument 'network_backend'")
+
+    monkeypatch.setattr("ccm_async._transport.pool_class", lambda: Unbuildable)
+    fake = FakeCcm(generate=True)
+    async with (
+        fake.serve() as base_url,
+        AsyncCcmClient(**fake.credentials, base_url=base_url, retry=None) as client,
+    ):
+        with pytest.raises(TransportError) as info:
+            await client.get_call("one")
+        results = await client.get_calls(["a", "b"])
+    assert info.value.call_sid == "one"
+    assert isinstance(info.value.__cause__, TypeError)
+    assert [type(result.error) for result in results] == [TransportError, TransportError]
