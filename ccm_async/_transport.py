@@ -134,8 +134,8 @@ class _Checked(httpcore.AsyncConnectionInterface):
     def __init__(self, connection: httpcore.AsyncConnectionInterface) -> None:
         self._connection = connection
         self.unused = True
-        # The pool asks these of every connection on every pass: bound straight to
-        # the connection's own, they cost no extra call (a fifth of a pass at 500).
+        # The pool asks these of the connections on its passes: bound straight to
+        # the connection's own, they cost no extra call (0.16 against 0.20 us).
         self.can_handle_request = connection.can_handle_request  # type: ignore[method-assign]
         self.is_available = connection.is_available  # type: ignore[method-assign]
         self.has_expired = connection.has_expired  # type: ignore[method-assign]
