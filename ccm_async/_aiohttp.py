@@ -110,12 +110,16 @@ class AiohttpEngine:
         asyncio_only: str,
     ) -> None:
         aiohttp_timeout = client_timeout(timeout)
-        self._sessions = PerLoop(
-            lambda: _Session(
+
+        def new_session() -> _Session:
+            # Built once per event loop: the one place to refuse a loop that is not asyncio's.
+            if sniffio.current_async_library() != "asyncio":
+                raise ConfigurationError(asyncio_only)
+            return _Session(
                 headers=headers, max_connections=max_connections, timeout=aiohttp_timeout
             )
-        )
-        self._asyncio_only = asyncio_only
+
+        self._sessions = PerLoop(new_session)
         # The last base URL seen, parsed: a client sends every GET under one base.
         self._base = ""
         self._base_url = URL()
@@ -130,8 +134,6 @@ class AiohttpEngine:
         return parsed.with_path(parsed.raw_path + call_sid, encoded=True)
 
     async def get(self, url: str, call_sid: str) -> Reply:
-        if sniffio.current_async_library() != "asyncio":
-            raise ConfigurationError(self._asyncio_only)
         with failures_as_transport_errors(call_sid):
             holder = await self._sessions.get()
             response = await holder.session.get(self._url(url, call_sid), allow_redirects=False)

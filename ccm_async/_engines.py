@@ -1,7 +1,7 @@
-"""Which engine sends a client's requests, from its ``transport=`` and ``http_client=``.
+"""Which engine sends the requests of a client without ``http_client``, by ``transport=``.
 
-A user's ``http_client`` gets a :class:`~ccm_async._http.ClientEngine` around
-it. Otherwise ``transport="httpx"`` (the default) gets the own pool
+(A user's ``http_client`` gets a :class:`~ccm_async._http.ClientEngine` around
+it, in ``_setup``.) ``transport="httpx"`` (the default) gets the own pool
 (:class:`~ccm_async._http.PoolEngine`), or httpx clients of our own when the
 environment names proxies (httpx's mounts apply them); ``transport="aiohttp"``
 gets :class:`~ccm_async._aiohttp.AiohttpEngine`, on asyncio only.
@@ -19,7 +19,7 @@ from ccm_async._errors import ConfigurationError
 from ccm_async._http import ClientEngine, Engine, PoolEngine, default_ssl_context
 from ccm_async._loops import PerLoop
 
-__all__ = ["client_engine", "own_engine"]
+__all__ = ["own_engine"]
 
 
 def own_engine(
@@ -63,11 +63,6 @@ def _running_library() -> str | None:
         return sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         return None
-
-
-def client_engine(http_client: httpx.AsyncClient, *, headers: dict[str, str]) -> Engine:
-    """The engine of a client given a user's ``http_client`` (left open for its owner)."""
-    return ClientEngine(http_client, headers=headers)
 
 
 def _aiohttp_engine(

@@ -16,9 +16,9 @@ import attrs
 import httpx
 
 from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
-from ccm_async._engines import client_engine, own_engine
+from ccm_async._engines import own_engine
 from ccm_async._errors import ConfigurationError
-from ccm_async._http import Engine
+from ccm_async._http import ClientEngine, Engine
 from ccm_async._retry import RetryPolicy
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
@@ -91,7 +91,7 @@ def client_setup(
         )
     else:
         timeout = http_client.timeout
-        engine = client_engine(http_client, headers=headers)
+        engine = ClientEngine(http_client, headers=headers)  # left open for its owner
     return Setup(
         base_url=resolved_url,
         account_sid=credentials.account_sid,

@@ -86,7 +86,7 @@ INTERNAL = {
         "failures_as_transport_errors",
     },
     "ccm_async._loops": {"PerLoop", "current_loop"},
-    "ccm_async._engines": {"client_engine", "own_engine"},
+    "ccm_async._engines": {"own_engine"},
     "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
     "ccm_async._setup": {
