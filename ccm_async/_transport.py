@@ -158,10 +158,8 @@ class _Checked(httpcore.AsyncConnectionInterface):
             # connected with nothing sent, or active with no request on it, and no
             # pass would hand it out or close it again. It is closed here; one that
             # never connected has nothing to close, and serves the next request.
-            if not (self._connection.is_idle() or self._connection.is_closed()):
-                with anyio.CancelScope(shield=True):
-                    await self._connection.aclose()
-                self.unused = not self._connection.is_closed()
+            await _close_if_stranded(self._connection)
+            self.unused = _stranded(self._connection)
             raise
         response.stream = _ClosedInFull(response.stream, self._connection)
         return response
@@ -193,10 +191,19 @@ class _ClosedInFull:
         try:
             await self._stream.aclose()
         except BaseException:
-            if not (self._connection.is_idle() or self._connection.is_closed()):
-                with anyio.CancelScope(shield=True):
-                    await self._connection.aclose()
+            await _close_if_stranded(self._connection)
             raise
+
+
+def _stranded(connection: httpcore.AsyncConnectionInterface) -> bool:
+    # After a failure, neither idle nor closed: only asyncio's cancellation does that.
+    return not (connection.is_idle() or connection.is_closed())
+
+
+async def _close_if_stranded(connection: httpcore.AsyncConnectionInterface) -> None:
+    if _stranded(connection):
+        with anyio.CancelScope(shield=True):
+            await connection.aclose()
 
 
 def fits(stock: type[httpcore.AsyncConnectionPool]) -> bool:
