@@ -1,5 +1,5 @@
 """``python -m ccm_async``: the ``ccm-async`` command (needs the ``cli`` extra)."""
 
-from ccm_async._cli import main
+from ccm_async._command import main
 
 main()

@@ -1,23 +1,27 @@
-"""The ``ccm-async`` command's arguments: bulk fetch to a file, the demo, the fake server.
+"""The ``ccm-async`` command's arguments: bulk fetch to a job file or a file, status, export.
 
 Shipped as the ``cli`` extra (click for arguments, rich for progress and the
-summary); the library itself never imports this module. Credentials come from
-the environment only (``AsyncCcmClient.from_env``): a token on the command line
-would land in shell history.
+summary); the library itself never imports this module, and the console
+script (``_command``) says how to install the extra when it is missing.
+Credentials come from the environment only (``AsyncCcmClient.from_env``): a
+token on the command line would land in shell history.
 
 Each command hands its arguments to its run, imported only when it runs, so
 ``--version`` and ``--help`` load click alone: ``_cli_get`` (get),
-``_cli_fetch`` (fetch, with ``_cli_files`` and ``_cli_summary``) and
-``_cli_demo`` (demo, fake-server).
+``_cli_fetch`` (fetch, with ``_cli_input``, ``_cli_files``, ``_cli_jobfile``
+and ``_cli_summary``), ``_cli_status`` (status, export) and ``_cli_demo``
+(demo, fake-server).
 
-Exit status: 0 when every SID succeeded, 1 when some failed, 2 for usage and
-configuration errors (wrong credentials or region included), 130 on Ctrl-C,
-after the summary.
+Exit status: 0 when every SID succeeded, 1 when some failed, 2 for usage,
+configuration, input and output problems (wrong credentials or region
+included), 130 on SIGINT and 143 on SIGTERM, after the summary.
 """
 
 from __future__ import annotations
 
+import math
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import click
@@ -27,15 +31,11 @@ from ccm_async._version import __version__
 if TYPE_CHECKING:
     from ccm_async._throttle import RateLimit
 
-__all__ = ["cli", "main"]
+__all__ = ["cli"]
 
 
-def main() -> None:
-    """The console script's entry point."""
-    cli(prog_name="ccm-async")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Help text is never re-wrapped to the terminal: its lines stay as written.
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ccm-async")
 def cli() -> None:
     """Look up Exotel CCM call details in bulk.
@@ -45,6 +45,8 @@ def cli() -> None:
     """
 
 
+# The job file's names, as _cli_jobfile has them (not imported: --help loads click alone).
+_JOB_SUFFIXES: Final = (".db", ".sqlite", ".sqlite3")
 _RATE_UNITS: Final = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
@@ -67,58 +69,145 @@ def _parse_rate(_: click.Context, __: click.Parameter, value: str | None) -> Rat
 @cli.command()
 @click.argument("sids", nargs=-1, required=True)
 def get(sids: tuple[str, ...]) -> None:
-    """Print the details of each call SID as JSON (the API's field names)."""
+    """Print each call's details as one JSON object per line (the API's field names).
+
+    Failures go to stderr, one line per SID; the status is 1 when any failed.
+    Writes no file.
+    """
     from ccm_async._cli_fetch import client_from_env
     from ccm_async._cli_get import run_get
 
     sys.exit(run_get(client_from_env(), list(sids)))
 
 
+_DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def _parse_duration(_: click.Context, __: click.Parameter, value: str) -> float:
+    number = value.rstrip("smhin")
+    per = _DURATION_UNITS.get(value[len(number) :] or "s")
+    try:
+        seconds = float(number) * per if per is not None else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= 86_400:
+        raise click.BadParameter("expected a duration up to a day, e.g. 90s, 10m or 1h")
+    return seconds
+
+
 @cli.command()
 @click.argument("sids", nargs=-1)
 @click.option("-i", "--input", "input_", help="A file of call SIDs, one per line ('-': stdin).")
-@click.option("-o", "--output", help="Write results here (default: stdout).")
-@click.option("--errors", help="Write failed SIDs here (default: OUTPUT.errors.tsv).")
+@click.option("--column", help="Read SIDs from this column of a CSV input (its header names it).")
 @click.option(
-    "--format", "format_", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+    "-o", "--output", help="calls.db (a job file), calls.jsonl or calls.csv; default stdout."
+)
+@click.option(
+    "--errors", help="The errors file of a .jsonl/.csv output (default: OUTPUT.errors.tsv)."
+)
+@click.option(
+    "--format", "format_", type=click.Choice(["jsonl", "csv"]), help="Default: from OUTPUT's name."
 )
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--rate", callback=_parse_rate, help="Stay under this rate, e.g. 200/min.")
-@click.option("--resume", is_flag=True, help="Skip SIDs already in OUTPUT; retry the rest.")
+@click.option("--resume", is_flag=True, help="Continue an existing .jsonl/.csv OUTPUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option(
+    "--max-pause",
+    default="10m",
+    show_default=True,
+    callback=_parse_duration,
+    help="Wait out an account pause (429 Retry-After) up to this; longer stops the run.",
+)
 def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     sids: tuple[str, ...],
     input_: str | None,
+    column: str | None,
     output: str | None,
     errors: str | None,
-    format_: str,
+    format_: str | None,
     concurrency: int,
     rate: RateLimit | None,
     resume: bool,
+    overwrite: bool,
+    max_pause: float,
 ) -> None:
-    """Fetch many calls: one line per call as it completes, failures to an errors file.
+    """Fetch many calls into a job file (OUTPUT.db) or as JSON lines or CSV.
 
-    SIDs come from the arguments, from --input FILE, or from stdin (-i -). A
-    failed SID goes to the errors file with its error code and message; that
-    file can be fed back with -i. Wrong credentials or region stop the run.
+    SIDs come from the arguments and from --input: a file, a pipe or '-'
+    (stdin), read once, UTF-8 with or without a BOM; blank lines and '#'
+    comments are skipped, and a line's first field is its SID (an errors file
+    feeds back in), or --column NAME of a CSV file.
+
+    \b
+    Files it writes:
+      OUTPUT.db (.sqlite, .sqlite3)  the job file: a row per SID, committed as
+                 results come; run the same command again to continue (ok and
+                 not-found SIDs are skipped, failed ones retried); see
+                 'ccm-async status' and 'ccm-async export'
+      OUTPUT.jsonl, OUTPUT.csv       a record per call; an existing one needs
+                 --resume (continue) or --overwrite (replace)
+      --errors (OUTPUT.errors.tsv, or ./ccm-async-errors.tsv for stdout)  with
+                 .jsonl/.csv: failed SIDs, error code, message; removed when
+                 none failed
+
+    Wrong credentials or region, an unreachable API host or an unwritable
+    output stop the run (status 2).
     """
-    if not sids and input_ is None:
+    if (
+        not sids
+        and input_ is None
+        and not (output and Path(output).suffix.lower() in _JOB_SUFFIXES)
+    ):
         raise click.UsageError("give call SIDs as arguments or with --input FILE (- for stdin)")
     if resume and not output:
         raise click.UsageError("--resume needs --output FILE")
+    if resume and overwrite:
+        raise click.UsageError("--resume continues OUTPUT, --overwrite replaces it: give one")
     from ccm_async._cli_fetch import FetchOptions, client_from_env, retry_for, run_fetch
 
     options = FetchOptions(
         sids=sids,
         input=input_,
+        column=column,
         output=output,
         errors=errors,
         format=format_,
         concurrency=concurrency,
         rate=rate,
         resume=resume,
+        overwrite=overwrite,
+        max_pause=max_pause,
     )
     client = client_from_env(max_concurrency=concurrency, rate_limit=rate, retry=retry_for(rate))
     sys.exit(run_fetch(client, options))
+
+
+@cli.command()
+@click.argument("job_file")
+def status(job_file: str) -> None:
+    """Show a job file's SIDs by state and error, its fetch times and rate, and what is left.
+
+    It reads the file while a fetch may be writing it. Writes no file.
+    """
+    from ccm_async._cli_status import run_status
+
+    sys.exit(run_status(job_file))
+
+
+@cli.command()
+@click.argument("job_file")
+@click.option("-o", "--output", required=True, help="calls.jsonl, calls.csv, or '-' (stdout).")
+@click.option(
+    "--format", "format_", type=click.Choice(["jsonl", "csv"]), help="Default: from OUTPUT's name."
+)
+@click.option("--failed", is_flag=True, help="Only the failed SIDs, one per line (ready for -i).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+def export(job_file: str, output: str, format_: str | None, failed: bool, overwrite: bool) -> None:
+    """Write a job file's calls (or its failed SIDs) to OUTPUT, the only file it writes."""
+    from ccm_async._cli_status import run_export
+
+    sys.exit(run_export(job_file, output, format_=format_, failed=failed, overwrite=overwrite))
 
 
 @cli.command()
@@ -126,16 +215,24 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
 @click.option("--fail-rate", type=click.FloatRange(0, 0.5), default=0.02, show_default=True)
 @click.option("--latency-ms", type=click.FloatRange(0, 10_000), default=20.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True)
-def demo(calls: int, fail_rate: float, latency_ms: float, concurrency: int) -> None:
+@click.option("--keep", is_flag=True, help="Keep the demo's directory (its job file) afterwards.")
+def demo(calls: int, fail_rate: float, latency_ms: float, concurrency: int, keep: bool) -> None:
     """Fetch CALLS calls from the built-in fake CCM API, with injected failures.
 
-    Shows the whole path: progress, retries recovering the failures, the summary,
-    and the output file.
+    Shows the whole path: progress, retries recovering the failures, the
+    summary, and the job file's status. It writes its SIDs and job file to a
+    temporary directory, removed at the end unless --keep.
     """
     from ccm_async._cli_demo import run_demo
 
     sys.exit(
-        run_demo(calls=calls, fail_rate=fail_rate, latency_ms=latency_ms, concurrency=concurrency)
+        run_demo(
+            calls=calls,
+            fail_rate=fail_rate,
+            latency_ms=latency_ms,
+            concurrency=concurrency,
+            keep=keep,
+        )
     )
 
 
@@ -145,7 +242,10 @@ def demo(calls: int, fail_rate: float, latency_ms: float, concurrency: int) -> N
 @click.option("--latency-ms", type=click.FloatRange(0, 60_000), default=0.0, show_default=True)
 @click.option("--rate-limit", "rate", callback=_parse_rate, help="Answer 429 beyond, e.g. 200/min.")
 def fake_server(port: int, fail_rate: float, latency_ms: float, rate: RateLimit | None) -> None:
-    """Run the fake CCM API on 127.0.0.1 until Ctrl-C; print how to point a client at it."""
+    """Run the fake CCM API on 127.0.0.1 until Ctrl-C; print how to point a client at it.
+
+    Writes no file.
+    """
     from ccm_async._cli_demo import serve_fake
 
     serve_fake(port=port, fail_rate=fail_rate, latency_ms=latency_ms, rate=rate)

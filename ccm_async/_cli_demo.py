@@ -2,45 +2,60 @@
 
 Both serve :class:`~ccm_async.testing.FakeCcm` on a local socket (uvicorn, of
 the ``cli`` extra). The demo fetches from it with injected failures that the
-retries recover, through the same path as ``fetch`` (``_cli_fetch``).
+retries recover, through the same path as ``fetch`` (``_cli_fetch``), into a
+job file in a temporary directory whose status ends the run; the directory is
+removed afterwards unless kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import anyio
 import click
-from rich.console import Console
 
 from ccm_async import AsyncCcmClient, RateLimit
 from ccm_async._cli_fetch import FetchOptions, fetch_and_summarize
+from ccm_async._cli_status import run_status
+from ccm_async._cli_summary import stderr_console
 from ccm_async.testing import FakeCcm, Fault
 
 __all__ = ["run_demo", "serve_fake"]
 
 
-def run_demo(*, calls: int, fail_rate: float, latency_ms: float, concurrency: int) -> int:
-    """Fetch ``calls`` generated calls from the fake API; the fetch's exit status."""
+def run_demo(
+    *, calls: int, fail_rate: float, latency_ms: float, concurrency: int, keep: bool
+) -> int:
+    """Fetch ``calls`` generated calls from the fake API into a job file; the exit status."""
     fake = FakeCcm(generate=True, latency=latency_ms / 1000, seed=1)
     # Never more failures for one SID than retries, so every SID recovers.
     fake.fail_randomly(Fault.server_error(), rate=fail_rate * 0.6, max_per_sid=2)
     fake.fail_randomly(Fault.rate_limited(), rate=fail_rate * 0.2, max_per_sid=2)
     fake.fail_randomly(Fault.disconnect(), rate=fail_rate * 0.2, max_per_sid=2)
-    out_dir = Path(tempfile.mkdtemp(prefix="ccm-async-demo-"))
-    options = FetchOptions(
-        input=str(_demo_input(out_dir, calls)),
-        output=str(out_dir / "calls.jsonl"),
-        concurrency=concurrency,
-    )
-    err = Console(stderr=True, highlight=False)
-    err.print(
+    stderr_console().print(
         f"demo: {calls:,} calls from the fake CCM API ({latency_ms:g} ms latency, "
         f"{fail_rate:.0%} injected failures: 500s, 429s, dropped connections)"
     )
+    out_dir = Path(tempfile.mkdtemp(prefix="ccm-async-demo-"))
+    try:
+        return _demo(fake, out_dir, calls=calls, concurrency=concurrency, keep=keep)
+    finally:
+        if not keep:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _demo(fake: FakeCcm, out_dir: Path, *, calls: int, concurrency: int, keep: bool) -> int:
+    """Serve ``fake``, fetch from it into ``out_dir``'s job file, show its status."""
+    options = FetchOptions(
+        input=str(_demo_input(out_dir, calls)),
+        output=str(out_dir / "calls.db"),
+        concurrency=concurrency,
+    )
+    err = stderr_console()
 
     async def serve_and_fetch() -> int:
         async with fake.serve() as base_url:
@@ -50,8 +65,12 @@ def run_demo(*, calls: int, fail_rate: float, latency_ms: float, concurrency: in
             return await fetch_and_summarize(client, options)
 
     status = anyio.run(serve_and_fetch)
-    err.print(f"output: {options.output} ({fake.request_count:,} requests served)")
-    err.print(f"errors: {options.errors_path()}")
+    err.print(f"{fake.request_count:,} requests served; ccm-async status {options.output}:")
+    run_status(str(options.output))
+    if keep:
+        err.print(f"kept: {out_dir} (the input sids.txt and the job file calls.db)")
+    else:
+        err.print(f"removed {out_dir} (--keep keeps it)")
     return status
 
 

@@ -1,38 +1,51 @@
-"""The files of a fetch: SIDs in, one line per call out, failures to the errors file.
+"""A fetch's JSON lines and CSV outputs, and its errors file: whole records, read back exactly.
 
-SIDs come from the arguments and from a file or stdin, one per line (the
-first field, so an errors file feeds back in; ``#`` comments skipped). Each
-result is written as one whole, flushed line, JSON (the API's field names) or
-CSV (a column per leaf field), so a crash never loses a finished result, and
-``--resume`` reads back which SIDs an earlier run already wrote.
+The output's format comes from its extension (``.jsonl``/``.ndjson``, ``.csv``;
+``.db``, ``.sqlite``, ``.sqlite3`` are job files, ``_cli_jobfile``) or from
+``--format``; the two must agree, and so must an existing file's contents. An
+existing output is continued with ``--resume`` or replaced with
+``--overwrite``, never truncated silently.
+
+Each record is written whole and unbuffered: JSON with non-ASCII escaped (any
+string a server sends, a lone surrogate or U+2028 included, is written and read
+back as it was), CSV a column per leaf field (a character UTF-8 cannot encode,
+a lone surrogate, is written as U+FFFD). A write that fails (disk full) cuts
+the file back to its last whole record and raises :class:`OutputError`.
+``--resume`` reads back the complete records (JSON lines split on ``\\n`` only,
+CSV rows by the csv reader, quoted newlines included), checks each one, and
+cuts off a partial last record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final, cast
 
 import attrs
 
 from ccm_async import AgentDetails, CallDetails, CallResult, CustomerDetails
+from ccm_async._cli_jobfile import JOB_FILE_SUFFIXES
 from ccm_async._cli_summary import error_code
 from ccm_async._convert import unstructure_call
 
 __all__ = [
     "CSV_COLUMNS",
-    "count_sids",
+    "ErrorsFile",
+    "OutputError",
+    "RecordFile",
     "csv_row",
-    "error_line",
-    "open_output",
+    "json_line",
+    "output_format",
     "resume_point",
-    "sids",
-    "writer",
+    "utf8",
 ]
 
 _NESTED: Final = {"assigned_agent_details": AgentDetails, "customer_details": CustomerDetails}
@@ -41,85 +54,32 @@ CSV_COLUMNS: Final = tuple(
     for field in attrs.fields(CallDetails)
     for inner in (attrs.fields(_NESTED[field.name]) if field.name in _NESTED else (field,))
 )
+_EXTENSIONS: Final = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"} | dict.fromkeys(
+    JOB_FILE_SUFFIXES, "job"
+)
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")  # in a str, only ever a lone one
+_CSV_HEADER: Final = ",".join(CSV_COLUMNS).encode() + b"\n"
 
 
-def sids(given: Iterable[str], input_path: str | None) -> Iterator[str]:
-    """The SIDs given, then those of ``input_path`` ('-': stdin), read lazily."""
-    yield from given
-    if input_path is None:
-        return
-    stream = sys.stdin if input_path == "-" else Path(input_path).open(encoding="utf-8")  # noqa: SIM115
-    with stream:
-        yield from _sids_in(stream)
+class OutputError(Exception):
+    """An output cannot be written or continued: which file and why."""
 
 
-def _sids_in(lines: Iterable[str]) -> Iterator[str]:
-    """The first field of each line (an errors file feeds back in); '#' comments skipped."""
-    for line in lines:
-        text = line.strip()
-        if text and not text.startswith("#"):
-            yield text.replace(",", "\t").split()[0]
+def output_format(output: str | None, format_: str | None) -> str:
+    """``jsonl``, ``csv`` or ``job``: from ``--format``, else the extension (JSON lines)."""
+    by_name = _EXTENSIONS.get(Path(output).suffix.lower()) if output and output != "-" else None
+    if format_ and by_name and format_ != by_name:
+        raise OutputError(f"{output} is named as {by_name}, but --format is {format_}")
+    return format_ or by_name or "jsonl"
 
 
-def count_sids(given: tuple[str, ...], input_path: str | None) -> int | None:
-    """How many SIDs :func:`sids` yields; None for stdin, which is read only once."""
-    if input_path == "-":
-        return None
-    count = len(given)
-    if input_path is not None:
-        with Path(input_path).open(encoding="utf-8") as lines:
-            count += sum(1 for _ in _sids_in(lines))
-    return count
+def json_line(data: dict[str, Any]) -> bytes:
+    """One JSON line, non-ASCII escaped: it encodes whatever the server sent."""
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
 
 
-def resume_point(output: str, format_: str) -> set[str]:
-    """The SIDs already written; a partial last line (a killed run) is cut off."""
-    path = Path(output)
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) != len(data):
-        with path.open("r+b") as file:
-            file.truncate(len(whole))
-    text = whole.decode("utf-8")
-    if format_ == "csv":
-        return {row["call_sid"] for row in csv.DictReader(io.StringIO(text))}
-    return {json.loads(line)["call_sid"] for line in text.splitlines() if line}
-
-
-def open_output(output: str | None, *, append: bool) -> AbstractContextManager[IO[str]]:
-    """The output file (stdout without one), appended to when resuming."""
-    if output is None:
-        return nullcontext(sys.stdout)
-    mode = "a" if append else "w"
-    return Path(output).open(mode, encoding="utf-8", newline="")
-
-
-def writer(format_: str, out: IO[str], *, header: bool) -> Callable[[CallDetails], None]:
-    """One whole line per call, flushed, so a crash never loses a finished result."""
-    if format_ == "csv":
-        rows = csv.writer(out, lineterminator="\n")
-        if header:
-            rows.writerow(CSV_COLUMNS)
-            out.flush()
-
-        def write_row(call: CallDetails) -> None:
-            rows.writerow(csv_row(call))
-            out.flush()
-
-        return write_row
-
-    def write_json(call: CallDetails) -> None:
-        out.write(json.dumps(unstructure_call(call), ensure_ascii=False) + "\n")
-        out.flush()
-
-    return write_json
-
-
-def csv_row(call: CallDetails) -> list[str]:
-    """One CSV row: a column per leaf field, recording URLs joined with a space."""
-    data = unstructure_call(call)
+def csv_row(data: dict[str, Any]) -> list[str]:
+    """One CSV row of a call's API JSON: a column per leaf field, recording URLs space-joined."""
     flat: dict[str, object] = {}
     for name, value in data.items():
         if name in _NESTED:
@@ -133,7 +93,178 @@ def csv_row(call: CallDetails) -> list[str]:
     return ["" if flat.get(column) is None else str(flat[column]) for column in CSV_COLUMNS]
 
 
-def error_line(result: CallResult) -> str:
-    """A failed SID's line of the errors file: SID, error code, message (tab-separated)."""
-    message = " ".join(str(result.error).split())
-    return f"{result.call_sid}\t{error_code(result.error)}\t{message}\n"
+def _csv_bytes(row: list[str]) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(row)
+    return utf8(text.getvalue())
+
+
+def utf8(text: str) -> bytes:
+    """``text`` as UTF-8, a lone surrogate (which UTF-8 cannot encode) as U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text).encode()
+
+
+@attrs.define
+class RecordFile:
+    """A JSON lines or CSV output (stdout for ``-``), one whole record per write."""
+
+    name: str
+    format: str
+    _out: IO[bytes]
+    _size: int | None  # its length after the last whole record; None: not a file
+    _owned: bool  # closed with the RecordFile (stdout is not)
+
+    @classmethod
+    def open(cls, output: str | None, format_: str, *, append: bool) -> RecordFile:
+        """Open ``output`` (stdout when None or '-'); a new file gets the CSV header."""
+        if output is None or output == "-":
+            return cls("stdout", format_, sys.stdout.buffer, None, False)
+        try:
+            out = Path(output).open("ab" if append else "wb", buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+        record_file = cls(output, format_, out, out.tell(), True)
+        if format_ == "csv" and not append:
+            record_file.write_bytes(_CSV_HEADER)
+        return record_file
+
+    def write(self, call: CallDetails) -> None:
+        """Write one call as one whole record."""
+        self.write_bytes(self.encode(unstructure_call(call)))
+
+    def encode(self, data: dict[str, Any]) -> bytes:
+        """One call's record, from its API JSON."""
+        return json_line(data) if self.format == "jsonl" else _csv_bytes(csv_row(data))
+
+    def write_bytes(self, record: bytes) -> None:
+        """Write ``record`` whole, or cut back to the last whole record and raise OutputError."""
+        try:
+            left = memoryview(record)
+            while left:  # an unbuffered write may take part of it (a disk filling up)
+                left = left[self._out.write(left) :]
+            self._out.flush()
+        except OSError as exc:
+            self._cut_back()
+            raise OutputError(f"cannot write {self.name}: {exc.strerror or exc}") from exc
+        if self._size is not None:
+            self._size += len(record)
+
+    def _cut_back(self) -> None:
+        if self._size is None:
+            return
+        # A file that cannot be cut (a device) keeps its partial tail: resume cuts it.
+        with contextlib.suppress(OSError):
+            os.truncate(self._out.fileno(), self._size)
+
+    def close(self) -> None:
+        """Close the file (never stdout)."""
+        if self._owned:
+            self._out.close()
+        else:
+            self._out.flush()
+
+
+@attrs.define
+class ErrorsFile:
+    """The errors file: a failed SID per line, SID, error code, message; removed if none failed."""
+
+    _file: RecordFile
+    count: int = 0
+
+    @classmethod
+    def open(cls, path: str) -> ErrorsFile:
+        """Create (or replace) the errors file at ``path``."""
+        return cls(RecordFile.open(path, "tsv", append=False))
+
+    @property
+    def path(self) -> str:
+        """Where it is."""
+        return self._file.name
+
+    def write(self, result: CallResult) -> None:
+        """One failed SID's line."""
+        message = " ".join(str(result.error).split())
+        self._file.write_bytes(utf8(f"{result.call_sid}\t{error_code(result.error)}\t{message}\n"))
+        self.count += 1
+
+    def close(self) -> None:
+        """Close it; an empty one is removed (no SID failed)."""
+        self._file.close()
+        if self.count == 0 and self.path != os.devnull:
+            Path(self.path).unlink(missing_ok=True)
+
+
+def resume_point(output: str, format_: str) -> set[str]:
+    """The SIDs already written to ``output``; a partial last record is cut off."""
+    path = Path(output)
+    try:
+        data = path.read_bytes() if path.exists() else b""
+    except OSError as exc:
+        raise OutputError(f"cannot read {output}: {exc.strerror}") from exc
+    if not data:
+        return set()
+    _check_contents(output, data, format_)
+    whole = _whole_records(data, format_)
+    done = _sids_of_records(output, data[:whole], format_)
+    if whole != len(data):
+        try:
+            with path.open("r+b") as file:
+                file.truncate(whole)
+        except OSError as exc:
+            raise OutputError(f"cannot cut the partial last record of {output}: {exc}") from exc
+    return done
+
+
+def _check_contents(output: str, data: bytes, format_: str) -> None:
+    found = "csv" if data.startswith(_CSV_HEADER[:9]) else "jsonl" if data[:1] == b"{" else None
+    if found is None:
+        raise OutputError(f"{output} is not a ccm-async JSON lines or CSV output: not resumed")
+    if found != format_:
+        raise OutputError(f"{output} holds {found}, not {format_}: give a {found} output name")
+
+
+def _whole_records(data: bytes, format_: str) -> int:
+    """The length of ``data``'s complete records: up to the last record-ending newline."""
+    if format_ == "jsonl":
+        return data.rfind(b"\n") + 1
+    # A newline ends a CSV record when it is outside quotes: after an even number of them.
+    end = 0
+    quotes = 0
+    start = 0
+    while (newline := data.find(b"\n", start)) != -1:
+        quotes += data.count(b'"', start, newline)
+        if quotes % 2 == 0:
+            end = newline + 1
+        start = newline + 1
+    return end
+
+
+def _sids_of_records(output: str, data: bytes, format_: str) -> set[str]:
+    text = data.decode("utf-8", "replace")
+    if format_ == "jsonl":
+        return {_sid_of_json(output, number, line) for number, line in _json_lines(text)}
+    rows = csv.reader(io.StringIO(text, newline=""))
+    if tuple(next(rows, ())) != CSV_COLUMNS:
+        raise OutputError(f"{output}: its CSV header is not ccm-async's: not resumed")
+    sids = set[str]()
+    for row in rows:
+        if len(row) != len(CSV_COLUMNS) or not row[0]:
+            raise OutputError(f"{output}, line {rows.line_num}: not a whole call record")
+        sids.add(row[0])
+    return sids
+
+
+def _json_lines(text: str) -> Iterator[tuple[int, str]]:
+    """Numbered lines split on ``\\n`` only (``str.splitlines`` splits at U+2028 too)."""
+    return ((number, line) for number, line in enumerate(text.split("\n"), start=1) if line)
+
+
+def _sid_of_json(output: str, number: int, line: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        record = None
+    sid = cast("dict[str, object]", record).get("call_sid") if isinstance(record, dict) else None
+    if not isinstance(sid, str):
+        raise OutputError(f"{output}, line {number}: not a whole call record")
+    return sid

@@ -1,38 +1,37 @@
-"""The run of ``ccm-async get``: a few SIDs looked up at once, printed as JSON."""
+"""The run of ``ccm-async get``: a few SIDs looked up at once, one JSON object per line."""
 
 from __future__ import annotations
 
-import json
+import sys
 
 import anyio
-import click
-from rich.console import Console
 
-from ccm_async import AsyncCcmClient, AuthenticationError
+from ccm_async import AsyncCcmClient, AuthenticationError, ConfigurationError
 from ccm_async._cli_fetch import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from ccm_async._cli_files import json_line
+from ccm_async._cli_summary import error_code, stderr_console
 from ccm_async._convert import unstructure_call
 
 __all__ = ["run_get"]
 
 
 def run_get(client: AsyncCcmClient, sids: list[str]) -> int:
-    """Print each call as JSON (one object for one SID), failures to stderr; the exit status."""
+    """Print each call as a JSON line (input order), failures to stderr; the exit status."""
     return anyio.run(_get, client, sids)
 
 
 async def _get(client: AsyncCcmClient, sids: list[str]) -> int:
-    err = Console(stderr=True, highlight=False)
+    err = stderr_console()
     try:
         async with client:
             results = await client.get_calls(sids)
-    except AuthenticationError as exc:
+    except (AuthenticationError, ConfigurationError) as exc:
         err.print(f"error: {exc}")
         return EXIT_USAGE
-    calls = [unstructure_call(result.call) for result in results if result.call is not None]
     for result in results:
-        if result.error is not None:
-            err.print(f"{result.call_sid}: {result.error}")
-    document: object = calls[0] if len(sids) == 1 and calls else calls
-    if calls:
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        if result.call is not None:
+            sys.stdout.buffer.write(json_line(unstructure_call(result.call)))
+        else:
+            err.print(f"{result.call_sid}: {error_code(result.error)}: {result.error}")
+    sys.stdout.flush()
     return EXIT_OK if all(result.ok for result in results) else EXIT_SOME_FAILED

@@ -1,7 +1,9 @@
 """What a fetch shows on stderr: the progress bar while it runs, the summary after.
 
-:class:`Summary` tallies the results (ok, not found, failed by error code,
-retries); the progress bar is drawn only when stderr is a terminal.
+:class:`Summary` tallies the results durably written (ok, not found, failed by
+error code) and the client's retries, budget denials and rate-limit waits; the
+progress bar is drawn only when stderr is a terminal. Messages are never
+hard-wrapped (:func:`stderr_console`): a log collector gets each as one line.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from rich.text import Text
 
 from ccm_async import ApiError, CallNotFoundError, CallResult, CcmError
 
-__all__ = ["Summary", "error_code", "progress"]
+__all__ = ["Summary", "error_code", "progress", "short_error", "stderr_console"]
+
+
+def stderr_console() -> Console:
+    """The console for messages: stderr, no markup guessing, no hard wrap off a terminal."""
+    console = Console(stderr=True, highlight=False, markup=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 @attrs.define
@@ -38,6 +47,9 @@ class Summary:
     not_found: int = 0
     failures: Counter[str] = attrs.field(factory=Counter[str])
     retries: int = 0
+    budget_denials: int = 0
+    rate_limit_waits: int = 0
+    failures_at: str = ""  # where the failed SIDs are: the errors file, or the job file
 
     @property
     def failed(self) -> int:
@@ -67,13 +79,32 @@ class Summary:
         )
         for code, count in sorted(self.failures.items()):
             console.print(f"  failed with {code}: {count}")
+        if self.budget_denials:
+            console.print(
+                f"the retry budget refused {self.budget_denials} retries (the server failed "
+                "often): run the same command again to retry the failed SIDs"
+            )
+        if self.rate_limit_waits:
+            console.print(
+                f"waited for the rate limit {self.rate_limit_waits} times: --rate N/min "
+                "below the account's limit (Exotel's default: 200/min) avoids the 429s"
+            )
+        if self.failures_at:
+            console.print(self.failures_at)
 
 
 def error_code(error: CcmError | None) -> str:
     """A failure's short name: ``HTTP 500 code 1234``, or the error's class."""
     if isinstance(error, ApiError):
-        return f"HTTP {error.http_status}" + (f" code {error.code}" if error.code else "")
-    return type(error).__name__
+        return short_error(type(error).__name__, error.http_status, error.code)
+    return short_error(type(error).__name__, None, None)
+
+
+def short_error(error_class: str, http_status: int | None, code: int | None) -> str:
+    """``HTTP 500 code 1234`` for an answer from the API, else the error's class name."""
+    if http_status is None:
+        return error_class
+    return f"HTTP {http_status}" + (f" code {code}" if code else "")
 
 
 class _RateColumn(ProgressColumn):
@@ -83,21 +114,24 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress(console: Console, *, total: int | None) -> Generator[Callable[[Summary], None]]:
-    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+def progress(console: Console, *, total: int | None) -> Generator[Callable[[Summary, str], None]]:
+    """A progress bar on stderr when it is a terminal (a rate without a total); nothing otherwise.
+
+    It is called with the summary so far and a note (a pause), shown after the tallies.
+    """
     if not console.is_terminal:
-        yield lambda _: None
+        yield lambda _summary, _note: None
         return
     bar = Progress(
         BarColumn(),
         MofNCompleteColumn(),
         _RateColumn(),
         TimeRemainingColumn(),
-        TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}"),
+        TextColumn("ok {task.fields[ok]}  failed {task.fields[failed]}  {task.fields[note]}"),
         console=console,
     )
-    task = bar.add_task("fetch", total=total, ok=0, failed=0)
+    task = bar.add_task("fetch", total=total, ok=0, failed=0, note="")
     with bar:
-        yield lambda summary: bar.update(
-            task, completed=summary.done, ok=summary.ok, failed=summary.failed
+        yield lambda summary, note: bar.update(
+            task, completed=summary.done, ok=summary.ok, failed=summary.failed, note=note
         )

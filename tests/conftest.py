@@ -203,3 +203,13 @@ def most_in_any_window(times: Iterable[float], *, per: float) -> int:
     sliding window of ``per`` seconds counted at its fullest."""
     ordered = sorted(times)
     return max((bisect.bisect_left(ordered, t + per) - i for i, t in enumerate(ordered)), default=0)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[FakeCcm, dict[str, str]]]:
+    """A fake API on a socket (5% of SIDs missing), and the command's environment for it."""
+    from tests.cli_support import TOKEN, environment_for
+
+    fake = FakeCcm(generate=True, missing_rate=0.05, api_token=TOKEN)
+    async with fake.serve() as base_url:
+        yield fake, environment_for(fake, base_url)

@@ -1,77 +1,50 @@
-"""The ccm-async command, through its real entry point, against FakeCcm on a socket."""
+"""The ccm-async command, through its real entry point, against FakeCcm on a socket.
+
+The commands' behaviour as a user meets it: get, fetch to JSON lines and CSV,
+exit statuses, signals, the summary and its hints, the demo, the fake server,
+and a plain install without the cli extra. The job file is in test_cli_jobfile,
+what real files and pipes do to a fetch in test_cli_files.
+"""
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
 import signal
-import subprocess
+import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
 import pytest
 
 from ccm_async import CallDetails, Recording
+from ccm_async._cli import _JOB_SUFFIXES
 from ccm_async._cli_files import CSV_COLUMNS
+from ccm_async._cli_jobfile import JOB_FILE_SUFFIXES
 from ccm_async.testing import FakeCcm, Fault
+from tests.cli_support import COMMAND, TOKEN, assert_no_secret, ccm, environment_for, sids_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
-TOKEN = "cli-secret-token-7f3a"
+ROOT = Path(__file__).parent.parent
 
 
-def environment_for(fake: FakeCcm, base_url: str) -> dict[str, str]:
-    """The command's environment: the fake's credentials and address."""
-    return {
-        **os.environ,
-        "EXOTEL_API_KEY": fake.api_key,
-        "EXOTEL_API_TOKEN": TOKEN,
-        "EXOTEL_ACCOUNT_SID": fake.account_sid,
-        "EXOTEL_CCM_BASE_URL": base_url,
-    }
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[FakeCcm, dict[str, str]]]:
-    fake = FakeCcm(generate=True, missing_rate=0.05, api_token=TOKEN)
-    async with fake.serve() as base_url:
-        env = environment_for(fake, base_url)
-        yield fake, env
-
-
-async def ccm(
-    env: Mapping[str, str], *args: str, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    with anyio.fail_after(120):
-        done = await anyio.run_process(
-            [sys.executable, "-m", "ccm_async", *args], input=stdin, env=env, check=False
-        )
-    for stream in (done.stdout, done.stderr):
-        assert TOKEN.encode() not in stream
-        assert base64.b64encode(f"fake-api-key:{TOKEN}".encode()) not in stream
-    return done
-
-
-def sids_of(fake: FakeCcm, count: int, *, found: bool) -> list[str]:
-    sids = (f"cli{i:05d}" for i in range(100_000))
-    return [sid for sid in sids if fake.has_call(sid) == found][:count]
-
-
-async def test_get(served: tuple[FakeCcm, dict[str, str]]) -> None:
+async def test_get_prints_one_json_object_per_line(
+    served: tuple[FakeCcm, dict[str, str]],
+) -> None:
     fake, env = served
-    [sid] = sids_of(fake, 1, found=True)
-    done = await ccm(env, "get", sid)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["call_sid"] == sid
+    found = sids_of(fake, 3, found=True)
     [missing] = sids_of(fake, 1, found=False)
-    done = await ccm(env, "get", sid, missing)
+    done = await ccm(env, "get", found[0])
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["call_sid"] for line in done.stdout.splitlines()] == found[:1]
+    done = await ccm(env, "get", found[0], missing, *found[1:])
     assert done.returncode == 1
-    assert [call["call_sid"] for call in json.loads(done.stdout)] == [sid]
-    assert missing.encode() in done.stderr
+    assert [json.loads(line)["call_sid"] for line in done.stdout.splitlines()] == found
+    [failure] = done.stderr.decode().splitlines()
+    assert failure.startswith(f"{missing}: HTTP 404 code 3043: ")
 
 
 async def test_fetch_from_a_file_with_failures(
@@ -100,6 +73,7 @@ async def test_fetch_from_a_file_with_failures(
     summary = done.stderr.decode()
     assert "ok 57, not found 4, failed 3" in summary
     assert "lookups/s" in summary
+    assert f"errors: {out}.errors.tsv (7 SIDs, ready for -i)" in summary
     assert "━" not in summary  # no progress bar: stderr is not a terminal
     # The errors file feeds back in.
     fake.clear_faults()
@@ -109,16 +83,24 @@ async def test_fetch_from_a_file_with_failures(
     assert len(again.read_text().splitlines()) == len(broken)
 
 
-async def test_fetch_from_stdin_to_stdout(served: tuple[FakeCcm, dict[str, str]]) -> None:
+async def test_fetch_to_stdout_names_its_errors_file_and_removes_an_empty_one(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
     fake, env = served
     ok = sids_of(fake, 5, found=True)
-    stdin = ("\n".join(ok) + "\n").encode()
-    done = await ccm(env, "fetch", "-i", "-", "--errors", os.devnull, stdin=stdin)
+    [missing] = sids_of(fake, 1, found=False)
+    done = await ccm(env, "fetch", "-i", "-", stdin=("\n".join(ok) + "\n").encode(), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(json.loads(line)["call_sid"] for line in done.stdout.splitlines()) == ok
+    assert "errors: none (no errors file written)" in done.stderr.decode()
+    assert not list(tmp_path.iterdir())
+    done = await ccm(env, "fetch", ok[0], missing, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "errors: ccm-async-errors.tsv (1 SIDs, ready for -i)" in done.stderr.decode()
+    assert (tmp_path / "ccm-async-errors.tsv").read_text().startswith(f"{missing}\tHTTP 404")
 
 
-async def test_csv_output_parses_back(
+async def test_csv_output_by_its_name_parses_back(
     served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
 ) -> None:
     fake, env = served
@@ -131,7 +113,7 @@ async def test_csv_output_parses_back(
     )
     ok = [*sids_of(fake, 5, found=True), "withrecs"]
     out = tmp_path / "calls.csv"
-    done = await ccm(env, "fetch", *ok, "-o", str(out), "--format", "csv")
+    done = await ccm(env, "fetch", *ok, "-o", str(out))  # no --format: the name says CSV
     assert done.returncode == 0, done.stderr
     with out.open(newline="") as file:
         rows = list(csv.DictReader(file))
@@ -146,81 +128,44 @@ async def test_csv_output_parses_back(
     assert generated["call_state"] in ("terminal", "active")
 
 
-async def test_killed_fetch_leaves_whole_lines_and_resume_finishes(
-    tmp_path: Path,
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_writes_the_summary_and_exits_by_convention(
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
-    fake = FakeCcm(generate=True, latency=0.01, api_token=TOKEN)
-    sids = [f"kill{i:05d}" for i in range(1500)]
-    sids_file = tmp_path / "sids.txt"
-    sids_file.write_text("\n".join(sids) + "\n")
-    out = tmp_path / "calls.jsonl"
-    async with fake.serve() as base_url:
-        env = environment_for(fake, base_url)
-        args = ["fetch", "-i", str(sids_file), "-o", str(out), "--concurrency", "4"]
-        async with await anyio.open_process(
-            [sys.executable, "-m", "ccm_async", *args], env=env
-        ) as process:
-            with anyio.fail_after(60):
-                while not out.exists() or out.read_text().count("\n") < 100:  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-        text = out.read_text()
-        lines = text.splitlines()
-        first_run = {json.loads(line)["call_sid"] for line in lines}  # every line is whole
-        assert 100 <= len(first_run) < len(sids)
-        requests_before = fake.request_count
-
-        done = await ccm(env, *args, "--resume")
-        assert done.returncode == 0, done.stderr
-    final = [json.loads(line)["call_sid"] for line in out.read_text().splitlines()]
-    assert sorted(final) == sorted(sids)  # each SID exactly once
-    resumed = [r.call_sid for r in fake.requests][-(fake.request_count - requests_before) :]
-    assert not set(resumed) & first_run  # nothing already written was fetched again
-    assert len(resumed) == len(sids) - len(first_run)
-
-
-async def test_resume_cuts_a_partial_last_line(
-    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
-) -> None:
-    fake, env = served
-    ok = sids_of(fake, 3, found=True)
-    out = tmp_path / "calls.jsonl"
-    out.write_text(json.dumps({"call_sid": ok[0]}) + "\n" + '{"call_sid": "' + ok[1][:3])
-    done = await ccm(env, "fetch", *ok, "-o", str(out), "--resume")
-    assert done.returncode == 0, done.stderr
-    assert sorted(json.loads(line)["call_sid"] for line in out.read_text().splitlines()) == ok
-
-
-async def test_ctrl_c_writes_the_summary_and_exits_130(tmp_path: Path) -> None:
     fake = FakeCcm(generate=True, latency=0.05, api_token=TOKEN)
     out = tmp_path / "calls.jsonl"
     async with fake.serve() as base_url:
         env = environment_for(fake, base_url)
         sids = [f"int{i}" for i in range(2000)]
-        args = [sys.executable, "-m", "ccm_async", "fetch", *sids, "-o", str(out)]
+        args = [*COMMAND, "fetch", *sids, "-o", str(out)]
         async with await anyio.open_process(args, env=env) as process:
             with anyio.fail_after(60):
                 while fake.request_count < 50:  # noqa: ASYNC110
                     await anyio.sleep(0.01)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             assert process.stderr is not None
             stderr = b"".join([chunk async for chunk in process.stderr])
-            assert await process.wait() == 130
-    assert b"ok " in stderr
-    assert all(json.loads(line) for line in out.read_text().splitlines())
+            assert await process.wait() == {signal.SIGINT: 130, signal.SIGTERM: 143}[stop]
+    assert f"stopped by {stop.name}: run the same command again".encode() in stderr
+    written = [json.loads(line)["call_sid"] for line in out.read_text().splitlines()]
+    assert f"ok {len(written)}, ".encode() in stderr  # the summary counts what was written
 
 
 async def test_usage_and_configuration_errors_exit_2(
     served: tuple[FakeCcm, dict[str, str]],
 ) -> None:
     fake, env = served
-    done = await ccm(env, "fetch")
-    assert done.returncode == 2
-    done = await ccm(env, "fetch", "x", "--rate", "fast")
-    assert done.returncode == 2
-    done = await ccm(env, "fetch", "x", "--resume")
-    assert done.returncode == 2
+    for args in (
+        ["fetch"],
+        ["fetch", "x", "--rate", "fast"],
+        ["fetch", "x", "--resume"],
+        ["fetch", "x", "-o", "a.jsonl", "--resume", "--overwrite"],
+        ["fetch", "x", "--max-pause", "forever"],
+        ["fetch", "x", "--max-pause", "2d"],
+    ):
+        done = await ccm(env, *args)
+        assert done.returncode == 2, args
+        assert b"Traceback" not in done.stderr
     no_credentials = {k: v for k, v in env.items() if not k.startswith("EXOTEL_")}
     done = await ccm(no_credentials, "get", "abc")
     assert done.returncode == 2
@@ -236,6 +181,93 @@ async def test_usage_and_configuration_errors_exit_2(
     assert done.returncode == 2
 
 
+async def test_an_unreachable_host_stops_the_run_early_and_names_it(tmp_path: Path) -> None:
+    fake = FakeCcm(generate=True, api_token=TOKEN)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    base_url = f"http://127.0.0.1:{port}"  # closed: nothing listens there now
+    sids = [f"gone{i}" for i in range(2000)]
+    out = tmp_path / "calls.jsonl"
+    done = await ccm(environment_for(fake, base_url), "fetch", *sids, "-o", str(out))
+    assert done.returncode == 2
+    message = done.stderr.decode()
+    assert f"error: no response from {base_url} to the first 8 lookups" in message
+    failed = len(Path(f"{out}.errors.tsv").read_text().splitlines())
+    assert 8 <= failed < 100  # it stopped early, after recording what it had
+    assert f"failed {failed}," in message
+
+
+async def test_the_summary_shows_budget_denials_with_a_hint(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    fake, env = served
+    fake.fail_randomly(Fault.server_error(), rate=1.0)
+    sids = sids_of(fake, 400, found=True)
+    done = await ccm(env, "fetch", *sids, "-o", str(tmp_path / "calls.jsonl"))
+    assert done.returncode == 1
+    summary = done.stderr.decode()
+    assert "failed 400," in summary
+    assert "the retry budget refused " in summary
+    assert "run the same command again to retry the failed SIDs" in summary
+
+
+async def test_the_summary_shows_rate_limit_waits_with_a_hint(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    fake, env = served
+    sids = sids_of(fake, 60, found=True)
+    fake.fail_randomly(Fault.rate_limited(retry_after=0.2), rate=0.3, max_per_sid=1)
+    out = str(tmp_path / "calls.jsonl")
+    # Lookups start while another's 429 pauses the client: they wait for the pause.
+    done = await ccm(env, "fetch", *sids, "-o", out, "--concurrency", "4")
+    assert done.returncode == 0, done.stderr
+    assert "waited for the rate limit " in done.stderr.decode()
+    assert "--rate N/min below the account's limit" in done.stderr.decode()
+
+
+async def test_a_pause_longer_than_max_pause_stops_the_run_resumably(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    fake, env = served
+    sids = sids_of(fake, 40, found=True)
+    fake.fail_randomly(Fault.rate_limited(retry_after=3600), rate=1.0)
+    job = tmp_path / "calls.db"
+    done = await ccm(env, "fetch", *sids, "-o", str(job), "--max-pause", "10m")
+    assert done.returncode == 1
+    assert "stopped: the API asks for a pause of 3,600s" in done.stderr.decode()
+    assert "longer than --max-pause 600s" in done.stderr.decode()
+    fake.clear_faults()
+    done = await ccm(env, "fetch", "-o", str(job))  # the job file continues without input
+    assert done.returncode == 0, done.stderr
+    assert "ok 40, not found 0, failed 0" in done.stderr.decode()
+
+
+async def test_a_pause_within_max_pause_is_waited_out(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    fake, env = served
+    sids = sids_of(fake, 20, found=True)
+    # Every attempt of one lookup meets a 429: the fetch asks again after the pause.
+    fake.fail(sids[0], Fault.rate_limited(retry_after=1), times=4)
+    done = await ccm(env, "fetch", *sids, "-o", str(tmp_path / "calls.jsonl"), "--max-pause", "1m")
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "calls.jsonl").read_text().splitlines()
+    written = [json.loads(line)["call_sid"] for line in lines]
+    assert sorted(written) == sorted(sids)
+
+
+async def test_messages_are_not_wrapped_off_a_terminal(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    _, env = served
+    deep = tmp_path / ("long-directory-name-" * 6) / "missing" / "calls.jsonl"
+    done = await ccm({**env, "COLUMNS": "40"}, "fetch", "abc", "-o", str(deep))
+    assert done.returncode == 2
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith(f"error: cannot write {deep}: ")
+
+
 async def test_rate_option_and_version(served: tuple[FakeCcm, dict[str, str]]) -> None:
     fake, env = served
     ok = sids_of(fake, 3, found=True)
@@ -245,21 +277,50 @@ async def test_rate_option_and_version(served: tuple[FakeCcm, dict[str, str]]) -
     assert b"ccm-async" in done.stdout
 
 
-async def test_demo_runs_and_recovers_its_failures(tmp_path: Path) -> None:
+async def test_help_names_every_file_a_command_writes(
+    served: tuple[FakeCcm, dict[str, str]],
+) -> None:
+    _, env = served
+    done = await ccm(env, "fetch", "--help")
+    text = " ".join(done.stdout.decode().split())
+    for written in ("OUTPUT.db", "OUTPUT.jsonl", "OUTPUT.errors.tsv", "./ccm-async-errors.tsv"):
+        assert written in text
+    for command in ("get", "status", "fake-server"):
+        done = await ccm(env, command, "--help")
+        assert "Writes no file." in " ".join(done.stdout.decode().split()), command
+    done = await ccm(env, "export", "--help")
+    assert "the only file it writes" in " ".join(done.stdout.decode().split())
+    done = await ccm(env, "demo", "--help")
+    assert "removed at the end unless --keep" in " ".join(done.stdout.decode().split())
+
+
+async def test_the_command_and_the_job_file_agree_on_its_names() -> None:
+    assert _JOB_SUFFIXES == JOB_FILE_SUFFIXES
+
+
+async def test_demo_recovers_its_failures_into_a_job_file_and_cleans_up(tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path), "EXOTEL_API_TOKEN": TOKEN}
-    done = await ccm(env, "demo", "--calls", "300", "--latency-ms", "1", "--fail-rate", "0.1")
+    args = ["demo", "--calls", "300", "--latency-ms", "1", "--fail-rate", "0.1"]
+    done = await ccm(env, *args)
     assert done.returncode == 0, done.stderr
     summary = done.stderr.decode()
     assert "ok 300, not found 0, failed 0" in summary
     retries = int(summary.split("retries ")[1].split(";")[0])
     assert retries > 0
-    [output] = tmp_path.glob("ccm-async-demo-*/calls.jsonl")
-    assert len(output.read_text().splitlines()) == 300
+    assert "ok 300, not found 0, failed 0, pending 0" in done.stdout.decode()  # its status
+    assert not list(tmp_path.iterdir())
+    assert "(--keep keeps it)" in summary
+    done = await ccm(env, *args, "--keep")
+    assert done.returncode == 0, done.stderr
+    [job] = tmp_path.glob("ccm-async-demo-*/calls.db")
+    assert f"kept: {job.parent}" in done.stderr.decode()
+    status = await ccm(env, "status", str(job))
+    assert "ok 300, not found 0, failed 0, pending 0" in status.stdout.decode()
 
 
 async def test_fake_server_prints_its_own_credentials() -> None:
     env = {**os.environ, "EXOTEL_API_TOKEN": TOKEN}
-    args = [sys.executable, "-m", "ccm_async", "fake-server", "--port", "0", "--latency-ms", "1"]
+    args = [*COMMAND, "fake-server", "--port", "0", "--latency-ms", "1"]
     async with await anyio.open_process(args, env=env) as process:
         assert process.stdout is not None
         text = b""
@@ -273,7 +334,7 @@ async def test_fake_server_prints_its_own_credentials() -> None:
     lines = text.decode().splitlines()
     assert lines[1].startswith("export EXOTEL_CCM_BASE_URL=http://127.0.0.1:")
     assert "export EXOTEL_API_TOKEN=fake-api-token" in lines
-    assert TOKEN not in text.decode()
+    assert_no_secret(text)
 
 
 async def test_progress_bar_when_stderr_is_a_terminal(
@@ -286,3 +347,15 @@ async def test_progress_bar_when_stderr_is_a_terminal(
     assert done.returncode == 0, done.stderr
     assert "━" in done.stderr.decode()
     assert "20/20" in done.stderr.decode()
+
+
+async def test_without_the_cli_extra_the_command_says_how_to_install_it() -> None:
+    # No site-packages: the package alone, as a plain install without [cli] has it.
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import runpy; "
+    script += "runpy.run_module('ccm_async', run_name='__main__')"
+    with anyio.fail_after(60):
+        done = await anyio.run_process([sys.executable, "-I", "-S", "-c", script], check=False)
+    assert done.returncode == 2
+    assert b"Traceback" not in done.stderr
+    assert b"pip install 'ccm-async[cli]'" in done.stderr
+    assert b"pip install '.[cli]'" in done.stderr
