@@ -118,12 +118,13 @@ class RecordFile:
     def open(cls, output: str | None, format_: str, *, append: bool) -> RecordFile:
         """Open ``output`` (stdout when None or '-'); a new file gets the CSV header."""
         if output is None or output == "-":
-            return cls("stdout", format_, sys.stdout.buffer, None, False)
-        try:
-            out = Path(output).open("ab" if append else "wb", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
-        record_file = cls(output, format_, out, out.tell(), True)
+            record_file = cls("stdout", format_, sys.stdout.buffer, None, False)
+        else:
+            try:
+                out = Path(output).open("ab" if append else "wb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
+            record_file = cls(output, format_, out, out.tell(), True)
         if format_ == "csv" and not append:
             record_file.write_bytes(_CSV_HEADER)
         return record_file

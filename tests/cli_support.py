@@ -41,6 +41,12 @@ async def ccm(
     return done
 
 
+def unmeasured(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a process the test kills: a killed process's half-written coverage data
+    would spoil the report, so it measures nothing."""
+    return {k: v for k, v in env.items() if not k.startswith("COVERAGE_PROCESS_")}
+
+
 def assert_no_secret(output: bytes) -> None:
     """Neither the token nor the Basic credentials made of it."""
     assert TOKEN.encode() not in output

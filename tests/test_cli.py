@@ -9,6 +9,7 @@ what real files and pipes do to a fetch in test_cli_files.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from ccm_async import CallDetails, Recording
+from ccm_async import CallDetails, Recording, _command
 from ccm_async._cli import _JOB_SUFFIXES
 from ccm_async._cli_files import CSV_COLUMNS
 from ccm_async._cli_jobfile import JOB_FILE_SUFFIXES
@@ -359,3 +360,16 @@ async def test_without_the_cli_extra_the_command_says_how_to_install_it() -> Non
     assert b"Traceback" not in done.stderr
     assert b"pip install 'ccm-async[cli]'" in done.stderr
     assert b"pip install '.[cli]'" in done.stderr
+
+
+async def test_the_console_script_names_the_missing_parts_of_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "rich" else found(name)
+    )
+    with pytest.raises(SystemExit) as stopped:
+        _command.main()
+    assert stopped.value.code == 2
+    assert "needs the cli extra (rich missing)" in capsys.readouterr().err

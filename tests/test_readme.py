@@ -63,6 +63,50 @@ def test_readme_test_examples_pass(tmp_path: Path) -> None:
     assert " passed" in done.stdout
 
 
+COMMANDS = [
+    line
+    for block in re.findall(r"```shell\n(.*?)```", README, flags=re.DOTALL)
+    for line in block.splitlines()
+    if line.strip()
+]
+QUERIES = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    if "sqlite3.connect(" in block
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_readme_command_examples_run_in_order(tmp_path: Path) -> None:
+    fake = FakeCcm(generate=True)
+    sids = [sid for sid in (f"readme{i:03d}" for i in range(200)) if fake.has_call(sid)][:30]
+    (tmp_path / "sids.txt").write_text("\n".join(sids) + "\n")
+    async with fake.serve() as base_url:
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "EXOTEL_API_KEY": fake.api_key,
+            "EXOTEL_API_TOKEN": fake.api_token,
+            "EXOTEL_ACCOUNT_SID": fake.account_sid,
+            "EXOTEL_CCM_BASE_URL": base_url,
+        }
+        for command in COMMANDS:
+            with anyio.fail_after(60):
+                done = await anyio.run_process(
+                    ["bash", "-c", command], env=env, cwd=tmp_path, check=False
+                )
+            assert done.returncode == 0, (command, done.stderr.decode())
+    assert fake.request_count == len(sids)
+    assert len((tmp_path / "calls.jsonl").read_text().splitlines()) == len(sids)
+    for query in QUERIES:
+        done = await anyio.run_process([sys.executable, "-c", query], cwd=tmp_path, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert sorted(line.split()[0] for line in done.stdout.decode().splitlines()) == sids
+
+
 def test_the_readme_has_runnable_examples() -> None:
     assert len(SCRIPTS) >= 4
     assert len(TEST_EXAMPLES) >= 1
+    assert len(COMMANDS) >= 5
+    assert len(QUERIES) == 1
