@@ -166,6 +166,17 @@ def scenario(*args: str) -> dict[str, object]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
+def command(quick: bool) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "command.py"), *(["--quick"] if quick else [])],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=7200,
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
 def memory(quick: bool) -> dict[str, object]:
     with server() as base:
         return scenario("memory", "--count", "2000" if quick else "1000000", "--base", base)
@@ -198,6 +209,7 @@ def report(results: dict[str, object]) -> str:
         "economy",
         "import_time",
         "construction",
+        "command",
     ):
         lines += ["", f"{name}: {json.dumps(results[name])}"]
     return "\n".join(lines)
@@ -218,6 +230,7 @@ def main() -> None:
         "economy": lambda: scenario("economy", *(["--quick"] if quick else [])),
         "import_time": lambda: scenario("import-time", *(["--quick"] if quick else [])),
         "construction": lambda: scenario("construction", *(["--quick"] if quick else [])),
+        "command": lambda: command(quick),
     }
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -9,8 +9,8 @@ token on the command line would land in shell history.
 Each command hands its arguments to its run, imported only when it runs, so
 ``--version`` and ``--help`` load click alone: ``_cli_get`` (get),
 ``_cli_fetch`` (fetch, with ``_cli_input``, ``_cli_files``, ``_cli_jobfile``
-and ``_cli_summary``), ``_cli_status`` (status, export) and ``_cli_demo``
-(demo, fake-server).
+and ``_cli_summary``), ``_cli_status`` (status), ``_cli_export`` (export) and
+``_cli_demo`` (demo, fake-server).
 
 Exit status: 0 when every SID succeeded, 1 when some failed, 2 for usage,
 configuration, input and output problems (wrong credentials or region
@@ -205,7 +205,7 @@ def status(job_file: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def export(job_file: str, output: str, format_: str | None, failed: bool, overwrite: bool) -> None:
     """Write a job file's calls (or its failed SIDs) to OUTPUT, the only file it writes."""
-    from ccm_async._cli_status import run_export
+    from ccm_async._cli_export import run_export
 
     sys.exit(run_export(job_file, output, format_=format_, failed=failed, overwrite=overwrite))
 

@@ -44,11 +44,9 @@ from ccm_async._cli_files import ErrorsFile, OutputError, RecordFile, output_for
 from ccm_async._cli_input import InputError, distinct, in_daemon_thread, read_sids
 from ccm_async._cli_jobfile import JobFile, JobFileError, open_job
 from ccm_async._cli_summary import Summary, progress, stderr_console
+from ccm_async._command import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 __all__ = [
-    "EXIT_OK",
-    "EXIT_SOME_FAILED",
-    "EXIT_USAGE",
     "FetchOptions",
     "client_from_env",
     "fetch_and_summarize",
@@ -56,9 +54,6 @@ __all__ = [
     "run_fetch",
 ]
 
-EXIT_OK: Final = 0
-EXIT_SOME_FAILED: Final = 1
-EXIT_USAGE: Final = 2
 _EXIT_ON_SIGNAL: Final = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # No response to this many first lookups (or to all, when fewer): the host is unreachable.
 _FIRST_LOOKUPS: Final = 8
@@ -235,10 +230,16 @@ class _Run:
 
     async def _job(self) -> tuple[_Sink, Iterator[str], int]:
         output = str(self.options.output)
-        self._may_write(output, continued=True)
-        job = open_job(output, account_sid=self.client.account_sid, api_host=self.client.base_url)
+        _not_a_directory(output)
+        given = await self._read_input()
+        job = open_job(
+            output,
+            account_sid=self.client.account_sid,
+            api_host=self.client.base_url,
+            afresh=self.options.overwrite,
+        )
         try:
-            await in_daemon_thread(lambda: job.add(self._input()))
+            job.add(given)
         except BaseException:
             job.close()
             raise
@@ -249,10 +250,11 @@ class _Run:
         resume = self.options.resume and output is not None
         if output is not None:
             self._may_write(output, continued=resume)
-        given = await in_daemon_thread(lambda: list(distinct(self._input())))
+        given = await self._read_input()
         done = resume_point(output, format_) if output is not None and resume else set[str]()
         sids = [sid for sid in given if sid not in done]
-        records = RecordFile.open(output, format_, append=resume)
+        append = output is not None and resume and _holds_data(output)
+        records = RecordFile.open(output, format_, append=append)
         try:
             errors = ErrorsFile.open(self.options.errors_path())
         except BaseException:
@@ -260,18 +262,17 @@ class _Run:
             raise
         return _FileSink(records, errors), iter(sids), len(sids)
 
-    def _input(self) -> Iterator[str]:
-        return read_sids(self.options.sids, self.options.input, column=self.options.column)
+    async def _read_input(self) -> list[str]:
+        """Every distinct SID given, the input read once and whole before any request."""
+        options = self.options
+        return await in_daemon_thread(
+            lambda: list(distinct(read_sids(options.sids, options.input, column=options.column)))
+        )
 
     def _may_write(self, output: str, *, continued: bool) -> None:
-        """An existing output is continued or replaced only when asked (a job file: continued)."""
-        if os.path.isdir(output):
-            raise OutputError(f"cannot write {output}: it is a directory")
-        if not os.path.exists(output) or os.path.getsize(output) == 0:
-            return
-        if self.options.overwrite:
-            os.unlink(output)
-        elif not continued:
+        """An existing output is continued or replaced (truncated) only when asked."""
+        _not_a_directory(output)
+        if _holds_data(output) and not (continued or self.options.overwrite):
             raise OutputError(f"{output} exists: --resume continues it, --overwrite replaces it")
 
     async def _fetch_into(self, sink: _Sink, sids: Iterator[str], total: int) -> int:
@@ -312,6 +313,15 @@ class _Run:
     def _count(self, results: list[CallResult]) -> None:
         for result in results:
             self.summary.add(result)
+
+
+def _holds_data(output: str) -> bool:
+    return os.path.exists(output) and os.path.getsize(output) > 0
+
+
+def _not_a_directory(output: str) -> None:
+    if os.path.isdir(output):
+        raise OutputError(f"cannot write {output}: it is a directory")
 
 
 @attrs.define

@@ -7,9 +7,9 @@ import sys
 import anyio
 
 from ccm_async import AsyncCcmClient, AuthenticationError, ConfigurationError
-from ccm_async._cli_fetch import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from ccm_async._cli_files import json_line
 from ccm_async._cli_summary import error_code, stderr_console
+from ccm_async._command import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 from ccm_async._convert import unstructure_call
 
 __all__ = ["run_get"]

@@ -32,9 +32,8 @@ from typing import IO, Final
 
 import attrs
 
-from ccm_async import ApiError, CallNotFoundError, CallResult
-from ccm_async._cli_summary import short_error
-from ccm_async._convert import unstructure_call
+from ccm_async._errors import ApiError, CallNotFoundError
+from ccm_async._models import CallResult
 
 __all__ = [
     "JOB_FILE_SUFFIXES",
@@ -43,7 +42,7 @@ __all__ = [
     "JobStatus",
     "exported_calls",
     "failed_sids",
-    "is_job_file_name",
+    "failure_name",
     "job_status",
     "open_job",
     "read_job",
@@ -86,9 +85,11 @@ class JobFileError(Exception):
     """The job file cannot be used: which file and why."""
 
 
-def is_job_file_name(path: str) -> bool:
-    """Whether ``path`` names a job file (by its extension)."""
-    return Path(path).suffix.lower() in JOB_FILE_SUFFIXES
+def failure_name(error_class: str, http_status: int | None, code: int | None) -> str:
+    """``HTTP 500 code 1234`` for an answer from the API, else the error's class name."""
+    if http_status is None:
+        return error_class
+    return f"HTTP {http_status}" + (f" code {code}" if code else "")
 
 
 def _now() -> str:
@@ -98,10 +99,7 @@ def _now() -> str:
 def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
     uri = f"{Path(path).absolute().as_uri()}?mode={'ro' if read_only else 'rwc'}"
     try:
-        # A fetch adds the input's SIDs from a worker thread, never at once with the loop.
-        db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False
-        )
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
         if not read_only:
             db.execute("PRAGMA journal_mode = WAL")
             # WAL with NORMAL survives a killed process; power loss may drop the latest commits.
@@ -213,6 +211,9 @@ class JobFile:
 def _row(result: CallResult, fetched_at: str) -> tuple[object, ...]:
     error = result.error
     if result.call is not None:
+        # cattrs, loaded by the fetch that has the call: status never loads it.
+        from ccm_async._convert import unstructure_call  # noqa: PLC0415
+
         call = json.dumps(unstructure_call(result.call), separators=(",", ":"))
         return ("ok", call, None, None, None, None, fetched_at, result.call_sid)
     state = "not_found" if isinstance(error, CallNotFoundError) else "failed"
@@ -245,9 +246,18 @@ def _writing(db: sqlite3.Connection, path: str) -> Generator[None]:
         raise
 
 
-def open_job(path: str, *, account_sid: str, api_host: str) -> JobFile:
-    """Open (or create) the job file at ``path`` for a fetch on ``account_sid``."""
-    _check_is_a_job_file(path)
+def open_job(path: str, *, account_sid: str, api_host: str, afresh: bool = False) -> JobFile:
+    """Open (or create) the job file at ``path`` for a fetch on ``account_sid``.
+
+    ``afresh`` starts the job over (``--overwrite``): a job file's rows are
+    dropped once it is held, and another file at ``path`` is replaced.
+    """
+    try:
+        _check_is_a_job_file(path)
+    except JobFileError:
+        if not afresh:
+            raise
+        Path(path).unlink()
     db = _connect(path, read_only=False)
     try:
         lock = _lock(path)
@@ -256,16 +266,23 @@ def open_job(path: str, *, account_sid: str, api_host: str) -> JobFile:
         raise
     job = JobFile(path, db, lock)
     try:
-        _prepare(db, path, account_sid=account_sid, api_host=api_host)
+        _prepare(db, path, account_sid=account_sid, api_host=api_host, afresh=afresh)
     except BaseException:
         job.close()
         raise
     return job
 
 
-def _prepare(db: sqlite3.Connection, path: str, *, account_sid: str, api_host: str) -> None:
+def _prepare(
+    db: sqlite3.Connection, path: str, *, account_sid: str, api_host: str, afresh: bool
+) -> None:
     """Lay out a new job file, or check an old one is this account's; record the host."""
     job = _job_row(db, path)
+    if job is not None and afresh:
+        with _writing(db, path):
+            db.execute("DROP TABLE calls")
+            db.execute("DROP TABLE job")
+        job = None
     if job is not None and job[0] != account_sid:
         raise JobFileError(
             f"{path} belongs to account {job[0]}, not {account_sid}: "
@@ -354,7 +371,7 @@ def job_status(db: sqlite3.Connection) -> JobStatus:
         for state, error_class, http_status, code, count in rows:
             states[state] += count
             if state == "failed":
-                name = short_error(error_class, http_status, code)
+                name = failure_name(error_class, http_status, code)
                 failures[name] = failures.get(name, 0) + count
         first, last = db.execute("SELECT min(fetched_at), max(fetched_at) FROM calls").fetchone()
     return JobStatus(account_sid, api_host, states, failures, first, last)

@@ -27,8 +27,9 @@ from rich.progress import (
 from rich.text import Text
 
 from ccm_async import ApiError, CallNotFoundError, CallResult, CcmError
+from ccm_async._cli_jobfile import failure_name
 
-__all__ = ["Summary", "error_code", "progress", "short_error", "stderr_console"]
+__all__ = ["Summary", "error_code", "progress", "stderr_console"]
 
 
 def stderr_console() -> Console:
@@ -96,15 +97,8 @@ class Summary:
 def error_code(error: CcmError | None) -> str:
     """A failure's short name: ``HTTP 500 code 1234``, or the error's class."""
     if isinstance(error, ApiError):
-        return short_error(type(error).__name__, error.http_status, error.code)
-    return short_error(type(error).__name__, None, None)
-
-
-def short_error(error_class: str, http_status: int | None, code: int | None) -> str:
-    """``HTTP 500 code 1234`` for an answer from the API, else the error's class name."""
-    if http_status is None:
-        return error_class
-    return f"HTTP {http_status}" + (f" code {code}" if code else "")
+        return failure_name(type(error).__name__, error.http_status, error.code)
+    return failure_name(type(error).__name__, None, None)
 
 
 class _RateColumn(ProgressColumn):

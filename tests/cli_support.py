@@ -69,4 +69,4 @@ def job_rows(path: Path) -> dict[str, tuple[str, int]]:
 
 def fetched_sids(fake: FakeCcm, since: int) -> list[str]:
     """The SIDs the fake was asked for, from its ``since``-th request on."""
-    return [request.call_sid for request in fake.requests[since:]]
+    return [str(request.call_sid) for request in fake.requests[since:]]

@@ -34,5 +34,7 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert results["economy"]["five_percent"]["failed"] == 0
     assert results["economy"]["outage"]["failed"] == results["economy"]["outage"]["sids"]
     assert results["construction"]["clients"] == 100
+    assert results["command"]["fetch"]["sids"] == 500
+    assert results["command"]["status"]["rows"] == 10_000
     assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG")
     assert "ccm_async / tuned httpx" in done.stdout

@@ -138,6 +138,10 @@ async def test_resume_cuts_a_partial_record_a_quoted_newline_included(
     done = await ccm(env, "fetch", *ok, "-o", str(out), "--resume")
     assert done.returncode == 0, done.stderr
     assert sorted(read_csv(out)) == sorted(ok)
+    fresh = tmp_path / "fresh.csv"  # --resume of an output not written yet: a whole new one
+    done = await ccm(env, "fetch", *ok, "-o", str(fresh), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert sorted(read_csv(fresh)) == sorted(ok)
     jsonl = tmp_path / "calls.jsonl"
     jsonl.write_text(json.dumps({"call_sid": ok[0]}) + "\n" + '{"call_sid": "' + ok[1][:3])
     done = await ccm(env, "fetch", *ok, "-o", str(jsonl), "--resume")
@@ -267,7 +271,9 @@ def catches_sigterm(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    "output", ["missing-dir/calls.jsonl", "a-file/calls.jsonl", "a-dir", "/dev/full"]
+    # /sys refuses new files even to root, as a read-only filesystem would.
+    "output",
+    ["missing-dir/calls.jsonl", "a-file/calls.jsonl", "a-dir", "/sys/calls.jsonl", "/dev/full"],
 )
 async def test_outputs_that_cannot_be_written_exit_2_naming_them(
     served: tuple[FakeCcm, dict[str, str]], tmp_path: Path, output: str

@@ -128,12 +128,12 @@ async def test_export_writes_calls_and_failed_sids(
     fake.clear_faults()
     done = await ccm(env, "fetch", "-i", str(failed), "-o", str(job))
     assert done.returncode == 0, done.stderr
-    for args, reason in {
+    for refused, reason in {
         ("-o", str(jsonl)): f"{jsonl} exists: --overwrite replaces it",
         ("-o", str(tmp_path / "other.db")): "export writes JSON lines or CSV, not a job file",
         ("-o", str(jsonl), "--format", "csv"): "is named as jsonl, but --format is csv",
     }.items():
-        done = await ccm(env, "export", str(job), *args)
+        done = await ccm(env, "export", str(job), *refused)
         assert done.returncode == 2
         assert reason in done.stderr.decode()
     done = await ccm(env, "export", str(job), "-o", str(jsonl), "--overwrite")
@@ -175,6 +175,11 @@ async def test_a_job_file_is_one_accounts_and_one_fetchs_at_a_time(
     assert "no such job file" in done.stderr.decode()
     assert fake.request_count == before
     assert not_sqlite.read_text() == "my notes\n"
+    # --overwrite starts a job over, for any account, and replaces a file that is not SQLite.
+    for path in (job, not_sqlite):
+        done = await ccm(other, "fetch", ok[0], "-o", str(path), "--overwrite")
+        assert done.returncode == 2  # the fake knows only its own account: wrong credentials
+        assert job_rows(path) == {ok[0]: ("pending", 0)}
 
 
 async def test_one_fetch_holds_a_job_file_while_status_reads_it(tmp_path: Path) -> None:
