@@ -118,19 +118,20 @@ def _check_is_a_job_file(path: str) -> None:
             raise JobFileError(f"{path} exists and is not an SQLite file: not a job file")
 
 
-def _job_row(db: sqlite3.Connection, path: str) -> tuple[str, str, str] | None:
+def _account_of(db: sqlite3.Connection, path: str) -> str | None:
+    """The account the job file belongs to; None for an empty database (a new job file)."""
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if not tables:
             return None
         if not {"job", "calls"} <= tables:
             raise JobFileError(f"{path} is an SQLite database but not a ccm-async job file")
-        row = db.execute("SELECT account_sid, api_host, created_at FROM job").fetchone()
+        row = db.execute("SELECT account_sid FROM job").fetchone()
     except sqlite3.Error as exc:
         raise JobFileError(f"cannot read {path}: {exc}") from exc
     if row is None:
         raise JobFileError(f"{path} is a ccm-async job file without its job row")
-    return (str(row[0]), str(row[1]), str(row[2]))
+    return str(row[0])
 
 
 @attrs.define
@@ -277,19 +278,19 @@ def _prepare(
     db: sqlite3.Connection, path: str, *, account_sid: str, api_host: str, afresh: bool
 ) -> None:
     """Lay out a new job file, or check an old one is this account's; record the host."""
-    job = _job_row(db, path)
-    if job is not None and afresh:
+    owner = _account_of(db, path)
+    if owner is not None and afresh:
         with _writing(db, path):
             db.execute("DROP TABLE calls")
             db.execute("DROP TABLE job")
-        job = None
-    if job is not None and job[0] != account_sid:
+        owner = None
+    if owner is not None and owner != account_sid:
         raise JobFileError(
-            f"{path} belongs to account {job[0]}, not {account_sid}: "
+            f"{path} belongs to account {owner}, not {account_sid}: "
             "give another job file for this account"
         )
     with _writing(db, path):
-        if job is None:
+        if owner is None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -351,7 +352,7 @@ def read_job(path: str) -> sqlite3.Connection:
     _check_is_a_job_file(path)
     db = _connect(path, read_only=True)
     try:
-        _job_row(db, path)
+        _account_of(db, path)
     except BaseException:
         db.close()
         raise
@@ -373,7 +374,9 @@ def job_status(db: sqlite3.Connection) -> JobStatus:
             if state == "failed":
                 name = failure_name(error_class, http_status, code)
                 failures[name] = failures.get(name, 0) + count
-        first, last = db.execute("SELECT min(fetched_at), max(fetched_at) FROM calls").fetchone()
+        # Apart, each is one step down the index; together they would scan it.
+        (first,) = db.execute("SELECT min(fetched_at) FROM calls").fetchone()
+        (last,) = db.execute("SELECT max(fetched_at) FROM calls").fetchone()
     return JobStatus(account_sid, api_host, states, failures, first, last)
 
 
