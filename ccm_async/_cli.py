@@ -160,7 +160,7 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
         and not (output and Path(output).suffix.lower() in _JOB_SUFFIXES)
     ):
         raise click.UsageError("give call SIDs as arguments or with --input FILE (- for stdin)")
-    if resume and not output:
+    if resume and output in (None, "-"):
         raise click.UsageError("--resume needs --output FILE")
     if resume and overwrite:
         raise click.UsageError("--resume continues OUTPUT, --overwrite replaces it: give one")

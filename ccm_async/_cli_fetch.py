@@ -253,10 +253,12 @@ class _Run:
         given = await self._read_input()
         done = resume_point(output, format_) if output is not None and resume else set[str]()
         sids = [sid for sid in given if sid not in done]
+        errors_path = self.options.errors_path()
+        _not_the_same(output, errors_path)
         append = output is not None and resume and _holds_data(output)
         records = RecordFile.open(output, format_, append=append)
         try:
-            errors = ErrorsFile.open(self.options.errors_path())
+            errors = ErrorsFile.open(errors_path)
         except BaseException:
             records.close()
             raise
@@ -317,6 +319,11 @@ class _Run:
 
 def _holds_data(output: str) -> bool:
     return os.path.exists(output) and os.path.getsize(output) > 0
+
+
+def _not_the_same(output: str | None, errors_path: str) -> None:
+    if output is not None and os.path.abspath(errors_path) == os.path.abspath(output):
+        raise OutputError(f"{output} cannot be both the output and the errors file")
 
 
 def _not_a_directory(output: str) -> None:

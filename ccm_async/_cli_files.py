@@ -146,6 +146,9 @@ class RecordFile:
             self._out.flush()
         except OSError as exc:
             self._cut_back()
+            if isinstance(exc, BrokenPipeError):
+                # The reader left (``| head``): the interpreter's own flush at exit must not fail.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
             raise OutputError(f"cannot write {self.name}: {exc.strerror or exc}") from exc
         if self._size is not None:
             self._size += len(record)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import anyio
 
 from ccm_async import AsyncCcmClient, AuthenticationError, ConfigurationError
-from ccm_async._cli_files import json_line
+from ccm_async._cli_files import OutputError, RecordFile
 from ccm_async._cli_summary import error_code, stderr_console
 from ccm_async._command import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
-from ccm_async._convert import unstructure_call
 
 __all__ = ["run_get"]
 
@@ -28,10 +25,14 @@ async def _get(client: AsyncCcmClient, sids: list[str]) -> int:
     except (AuthenticationError, ConfigurationError) as exc:
         err.print(f"error: {exc}")
         return EXIT_USAGE
+    out = RecordFile.open(None, "jsonl", append=False)
     for result in results:
-        if result.call is not None:
-            sys.stdout.buffer.write(json_line(unstructure_call(result.call)))
-        else:
+        if result.call is None:
             err.print(f"{result.call_sid}: {error_code(result.error)}: {result.error}")
-    sys.stdout.flush()
+            continue
+        try:
+            out.write(result.call)
+        except OutputError as exc:
+            err.print(f"error: {exc}")
+            return EXIT_USAGE
     return EXIT_OK if all(result.ok for result in results) else EXIT_SOME_FAILED

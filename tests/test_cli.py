@@ -46,6 +46,18 @@ async def test_get_prints_one_json_object_per_line(
     assert [json.loads(line)["call_sid"] for line in done.stdout.splitlines()] == found
     [failure] = done.stderr.decode().splitlines()
     assert failure.startswith(f"{missing}: HTTP 404 code 3043: ")
+    # A reader that leaves early (| head -1), well before a pipe's buffer is full of
+    # records: a message, not a traceback.
+    many = sids_of(fake, 1500, found=True)
+    for command in ("get", "fetch"):
+        line = f"{' '.join(COMMAND)} {command} {' '.join(many)} | head -1"
+        with anyio.fail_after(60):
+            piped = await anyio.run_process(
+                ["bash", "-o", "pipefail", "-c", line], env=env, check=False
+            )
+        assert json.loads(piped.stdout)["call_sid"] in many
+        assert piped.returncode == 2, piped.stderr
+        assert piped.stderr.decode().startswith("error: cannot write stdout: Broken pipe\n")
 
 
 async def test_fetch_from_a_file_with_failures(
@@ -160,6 +172,7 @@ async def test_usage_and_configuration_errors_exit_2(
         ["fetch"],
         ["fetch", "x", "--rate", "fast"],
         ["fetch", "x", "--resume"],
+        ["fetch", "x", "-o", "-", "--resume"],
         ["fetch", "x", "-o", "a.jsonl", "--resume", "--overwrite"],
         ["fetch", "x", "--max-pause", "forever"],
         ["fetch", "x", "--max-pause", "2d"],

@@ -306,3 +306,6 @@ async def test_an_errors_file_that_cannot_be_written_exits_2(
     assert done.returncode == 2
     assert f"error: cannot write {errors}: No such file or directory" in done.stderr.decode()
     assert fake.request_count == 0
+    done = await ccm(env, "fetch", "abc", "-o", str(out), "--errors", str(out), "--overwrite")
+    assert done.returncode == 2
+    assert f"error: {out} cannot be both the output and the errors file" in done.stderr.decode()
