@@ -19,8 +19,18 @@ import anyio
 import pytest
 
 from ccm_async import CallDetails
+from ccm_async._cli_files import CSV_COLUMNS
 from ccm_async.testing import FakeCcm
-from tests.cli_support import COMMAND, TOKEN, ccm, environment_for, fetched_sids, sids_of
+from tests.cli_support import (
+    COMMAND,
+    TOKEN,
+    ccm,
+    environment_for,
+    fetched_sids,
+    job_rows,
+    sids_of,
+    unmeasured,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
@@ -89,7 +99,7 @@ async def test_any_string_a_server_sends_is_written_and_read_back(
     assert len(read_jsonl(jsonl)) == len(read_csv(table)) == 60
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".db"])
 async def test_a_run_cut_off_by_a_full_disk_stops_with_2_and_resumes_exactly(
     tmp_path: Path, suffix: str
 ) -> None:
@@ -97,31 +107,40 @@ async def test_a_run_cut_off_by_a_full_disk_stops_with_2_and_resumes_exactly(
     sids = awkward_calls(fake, 400)
     out = tmp_path / f"calls{suffix}"
     args = ["fetch", *sids, "-o", str(out), "--concurrency", "4"]
-    limit = random.Random(suffix).randrange(5_000, 30_000)
+    # SQLite needs room for its shared-memory index and a few pages before the first result.
+    low = 100_000 if suffix == ".db" else 5_000
+    limit = random.Random(suffix).randrange(low, low + 100_000)
     # Writes past ``limit`` bytes fail with EFBIG, mid-record, as on a full disk.
     small_disk = (
         "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     )
+    read = {".jsonl": read_jsonl, ".csv": read_csv, ".db": ok_in_job_file}[suffix]
     async with fake.serve() as base_url:
         env = environment_for(fake, base_url)
         with anyio.fail_after(120):
             done = await anyio.run_process(
-                [COMMAND[0], "-c", small_disk, *COMMAND[1:], *args], env=env, check=False
+                [COMMAND[0], "-c", small_disk, *COMMAND[1:], *args],
+                env=unmeasured(env),  # its coverage data could not be written whole either
+                check=False,
             )
         assert done.returncode == 2, done.stderr
-        assert f"error: cannot write {out}: File too large" in done.stderr.decode()
-        assert out.stat().st_size <= limit
-        written = len(read_jsonl(out) if suffix == ".jsonl" else read_csv(out))
+        # SQLite reports EFBIG as an I/O error (ENOSPC, a full disk, as "database or disk is full").
+        reason = "disk I/O error" if suffix == ".db" else "File too large"
+        assert f"error: cannot write {out}: {reason}" in done.stderr.decode(), done.stderr
+        written = len(read(out))
         assert 0 < written < len(sids)
         assert f"ok {written}, " in done.stderr.decode()  # only what was written
         requests_before = fake.request_count
-        done = await ccm(env, *args, "--resume")
+        done = await ccm(env, *args, *([] if suffix == ".db" else ["--resume"]))
         assert done.returncode == 0, done.stderr
-    final = read_jsonl(out) if suffix == ".jsonl" else read_csv(out)
-    assert sorted(final) == sorted(sids)
+    assert sorted(read(out)) == sorted(sids)
     assert len(fetched_sids(fake, requests_before)) == len(sids) - written
+
+
+def ok_in_job_file(path: Path) -> dict[str, tuple[str, int]]:
+    return {sid: row for sid, row in job_rows(path).items() if row[0] == "ok"}
 
 
 async def test_resume_cuts_a_partial_record_a_quoted_newline_included(
@@ -173,6 +192,14 @@ async def test_existing_and_mismatched_outputs_are_refused_not_truncated(
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"call_sid": "a"}\n{"no": "sid"}\n{"call_sid": "b"}\n')
     refusals[("-o", str(broken), "--resume")] = "line 2: not a whole call record"
+    header = ",".join(CSV_COLUMNS)
+    short_row = tmp_path / "short.csv"
+    short_row.write_text(f"{header}\n{ok[0]},terminal\n")
+    refusals[("-o", str(short_row), "--resume")] = "line 2: not a whole call record"
+    other_csv = tmp_path / "other.csv"
+    other_csv.write_text(header.replace("call_state", "state") + "\n")
+    refusals[("-o", str(other_csv), "--resume")] = "its CSV header is not ccm-async's"
+    refusals[("-i", str(tmp_path / "none.txt"))] = "cannot read"
     for args, reason in refusals.items():
         done = await ccm(env, "fetch", *ok, *args)
         assert done.returncode == 2, args

@@ -162,9 +162,12 @@ async def test_a_job_file_is_one_accounts_and_one_fetchs_at_a_time(
     with sqlite3.connect(other_db) as db:
         db.execute("CREATE TABLE mine (x)")
     db.close()
+    cut = tmp_path / "cut.db"  # a job file cut short, as a failed copy leaves it
+    cut.write_bytes(job.read_bytes()[:5000])
     for path, reason in {
         not_sqlite: "is not an SQLite file: not a job file",
         other_db: "is an SQLite database but not a ccm-async job file",
+        cut: f"{cut}: database disk image is malformed",
     }.items():
         for args in (["fetch", "abc", "-o", str(path)], ["status", str(path)]):
             done = await ccm(env, *args)
