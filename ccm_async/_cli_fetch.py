@@ -184,7 +184,7 @@ async def fetch_and_summarize(client: AsyncCcmClient, options: FetchOptions) -> 
         finally:
             group.cancel_scope.cancel()
     if run.signal is not None:
-        err.print(f"stopped by {run.signal.name}: run the same command again to continue")
+        err.print(f"stopped by {run.signal.name}{run.how_to_continue()}")
         status = _EXIT_ON_SIGNAL[run.signal]
     if run.started:
         run.summary.print(err)
@@ -306,11 +306,21 @@ class _Run:
         if error.retry_after > self.options.max_pause:
             raise _StopError(
                 f"stopped: the API asks for a pause of {error.retry_after:,.0f}s (429 "
-                f"Retry-After), longer than --max-pause {self.options.max_pause:g}s: run the "
-                f"same command again after {_clock(error.retry_after)} to continue",
+                f"Retry-After), longer than --max-pause {self.options.max_pause:g}s"
+                f"{self.how_to_continue(after=_clock(error.retry_after))}",
                 EXIT_SOME_FAILED,
             )
         return queue.again_after(result.call_sid, error.retry_after)
+
+    def how_to_continue(self, *, after: str = "") -> str:
+        """How to go on from where the run stopped: the same command (with --resume)."""
+        output = self.options.output
+        if output in (None, "-"):
+            return ""  # stdout keeps no record of what was done
+        when = f" after {after}" if after else ""
+        if output_format(output, self.options.format) == "job" or self.options.resume:
+            return f": run the same command again{when} to continue"
+        return f": run it again with --resume{when} to continue"
 
     def _count(self, results: list[CallResult]) -> None:
         for result in results:

@@ -159,7 +159,7 @@ async def test_a_signal_writes_the_summary_and_exits_by_convention(
             assert process.stderr is not None
             stderr = b"".join([chunk async for chunk in process.stderr])
             assert await process.wait() == {signal.SIGINT: 130, signal.SIGTERM: 143}[stop]
-    assert f"stopped by {stop.name}: run the same command again".encode() in stderr
+    assert f"stopped by {stop.name}: run it again with --resume to continue".encode() in stderr
     written = [json.loads(line)["call_sid"] for line in out.read_text().splitlines()]
     assert f"ok {len(written)}, ".encode() in stderr  # the summary counts what was written
 
@@ -250,7 +250,9 @@ async def test_a_pause_longer_than_max_pause_stops_the_run_resumably(
     done = await ccm(env, "fetch", *sids, "-o", str(job), "--max-pause", "10m")
     assert done.returncode == 1
     assert "stopped: the API asks for a pause of 3,600s" in done.stderr.decode()
-    assert "longer than --max-pause 600s" in done.stderr.decode()
+    assert "longer than --max-pause 600s: run the same command again after " in (
+        done.stderr.decode()
+    )
     fake.clear_faults()
     done = await ccm(env, "fetch", "-o", str(job))  # the job file continues without input
     assert done.returncode == 0, done.stderr

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -116,7 +117,12 @@ async def test_a_run_cut_off_by_a_full_disk_stops_with_2_and_resumes_exactly(
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
     )
-    read = {".jsonl": read_jsonl, ".csv": read_csv, ".db": ok_in_job_file}[suffix]
+    readers: dict[str, Callable[[Path], Mapping[str, object]]] = {
+        ".jsonl": read_jsonl,
+        ".csv": read_csv,
+        ".db": ok_in_job_file,
+    }
+    read = readers[suffix]
     async with fake.serve() as base_url:
         env = environment_for(fake, base_url)
         with anyio.fail_after(120):
