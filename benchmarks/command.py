@@ -114,7 +114,7 @@ def status(rows: int, runs: int, work: Path) -> dict[str, object]:
     for _ in range(runs):
         db = read_job(str(path))
         started = time.perf_counter()
-        job_status(db)
+        job_status(db, str(path))
         query.append(time.perf_counter() - started)
         db.close()
     return {

@@ -111,7 +111,7 @@ def _parse_duration(_: click.Context, __: click.Parameter, value: str) -> float:
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--rate", callback=_parse_rate, help="Stay under this rate, e.g. 200/min.")
 @click.option("--resume", is_flag=True, help="Continue an existing .jsonl/.csv OUTPUT.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT (and its errors file).")
 @click.option(
     "--max-pause",
     default="10m",
@@ -144,7 +144,8 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
       OUTPUT.db (.sqlite, .sqlite3)  the job file: a row per SID, committed as
                  results come; run the same command again to continue (ok and
                  not-found SIDs are skipped, failed ones retried); see
-                 'ccm-async status' and 'ccm-async export'
+                 'ccm-async status' and 'ccm-async export'; SQLite keeps
+                 OUTPUT.db-wal and OUTPUT.db-shm beside it while it is open
       OUTPUT.jsonl, OUTPUT.csv       a record per call; an existing one needs
                  --resume (continue) or --overwrite (replace)
       --errors (OUTPUT.errors.tsv, or ./ccm-async-errors.tsv for stdout)  with
@@ -154,12 +155,12 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     Wrong credentials or region, an unreachable API host or an unwritable
     output stop the run (status 2).
     """
-    if (
-        not sids
-        and input_ is None
-        and not (output and Path(output).suffix.lower() in _JOB_SUFFIXES)
-    ):
-        raise click.UsageError("give call SIDs as arguments or with --input FILE (- for stdin)")
+    continued = bool(output) and Path(str(output)).suffix.lower() in _JOB_SUFFIXES
+    if not sids and input_ is None and not (continued and Path(str(output)).exists()):
+        raise click.UsageError(
+            "give call SIDs as arguments or with --input FILE (- for stdin), "
+            "or an existing job file to continue"
+        )
     if resume and output in (None, "-"):
         raise click.UsageError("--resume needs --output FILE")
     if resume and overwrite:
@@ -188,7 +189,8 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
 def status(job_file: str) -> None:
     """Show a job file's SIDs by state and error, its fetch times and rate, and what is left.
 
-    It reads the file while a fetch may be writing it. Writes no file.
+    It reads the file while a fetch may be writing it. Writes no file (SQLite,
+    as for any reader, may add JOB_FILE-wal and JOB_FILE-shm beside it).
     """
     from ccm_async._cli_status import run_status
 

@@ -7,7 +7,6 @@ the failed SIDs one per line, ready for ``fetch -i``.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 
@@ -25,10 +24,10 @@ def run_export(
     """Write the job file's calls (or failed SIDs) to ``output``; the exit status."""
     try:
         format_ = "sids" if failed else output_format(output, format_)
-        _check_export_output(output, format_, overwrite=overwrite)
+        _check_export_output(path, output, format_, overwrite=overwrite)
         db = read_job(path)
         try:
-            _export(db, RecordFile.open(output, format_, append=False))
+            _export(db, path, RecordFile.open(output, format_, append=False))
         finally:
             db.close()
     except (JobFileError, OutputError) as exc:
@@ -37,20 +36,30 @@ def run_export(
     return EXIT_OK
 
 
-def _check_export_output(output: str, format_: str, *, overwrite: bool) -> None:
+def _check_export_output(path: str, output: str, format_: str, *, overwrite: bool) -> None:
     if format_ == "job":
         raise OutputError(f"{output}: export writes JSON lines or CSV, not a job file")
-    if output != "-" and os.path.exists(output) and os.path.getsize(output) and not overwrite:
+    if output == "-":
+        return
+    if os.path.isdir(output):
+        raise OutputError(f"cannot write {output}: it is a directory")
+    if os.path.realpath(output) == os.path.realpath(path):
+        raise OutputError(f"{output} is the job file being exported")
+    if os.path.isfile(output) and os.path.getsize(output) and not overwrite:
         raise OutputError(f"{output} exists: --overwrite replaces it")
 
 
-def _export(db: sqlite3.Connection, records: RecordFile) -> None:
+def _export(db: sqlite3.Connection, path: str, records: RecordFile) -> None:
+    """Write every record, or remove the output: half an export is not one."""
     try:
         if records.format == "sids":
-            for sid in failed_sids(db):
+            for sid in failed_sids(db, path):
                 records.write_bytes(f"{sid}\n".encode())
         else:
-            for call in exported_calls(db):
-                records.write_bytes(records.encode(json.loads(call)))
-    finally:
+            for call in exported_calls(db, path):
+                records.write_bytes(records.encode(call))
+    except BaseException:
         records.close()
+        records.remove()
+        raise
+    records.close()

@@ -139,6 +139,15 @@ class _FileSink:
     records: RecordFile
     errors: ErrorsFile
 
+    @classmethod
+    def open(cls, output: str | None, format_: str, append: bool, errors: str) -> _FileSink:
+        records = RecordFile.open(output, format_, append=append)
+        try:
+            return cls(records, ErrorsFile.open(errors))
+        except BaseException:
+            records.close()
+            raise
+
     def record(self, result: CallResult) -> list[CallResult]:
         if result.call is not None:
             self.records.write(result.call)
@@ -170,19 +179,20 @@ class _StopError(Exception):
 async def fetch_and_summarize(client: AsyncCcmClient, options: FetchOptions) -> int:
     """Fetch as ``options`` say; the summary goes to stderr however the run ends."""
     err = stderr_console()
-    run = _Run(client, options, Summary())
+    run = _Run(client, options, Summary(rate_given=options.rate is not None))
     status = EXIT_USAGE  # what a signal while the input is read leaves, overwritten below
-    async with anyio.create_task_group() as group:
-        group.start_soon(run.stop_on_signal, group.cancel_scope)
-        try:
-            status = await run.fetch()
-        except _PROBLEMS as exc:
-            err.print(f"error: {exc}")
-        except _StopError as exc:
-            err.print(str(exc))
-            status = exc.status
-        finally:
-            group.cancel_scope.cancel()
+    async with anyio.create_task_group() as signals:
+        # A signal cancels the fetch alone; the receiver outlives its last commit.
+        with anyio.CancelScope() as fetching:
+            signals.start_soon(run.stop_on_signal, fetching)
+            try:
+                status = await run.fetch()
+            except _PROBLEMS as exc:
+                err.print(f"error: {exc}")
+            except _StopError as exc:
+                err.print(str(exc))
+                status = exc.status
+        signals.cancel_scope.cancel()
     if run.signal is not None:
         err.print(f"stopped by {run.signal.name}{run.how_to_continue()}")
         status = _EXIT_ON_SIGNAL[run.signal]
@@ -202,12 +212,16 @@ class _Run:
     started: bool = False
 
     async def stop_on_signal(self, scope: anyio.CancelScope) -> None:
-        """SIGINT or SIGTERM stops the run cleanly: what is recorded stays recorded."""
+        """SIGINT or SIGTERM stops the run cleanly: what is recorded stays recorded.
+
+        Signals after the first are taken and ignored until the run has wrapped
+        up (its last commit, its files closed): a second Ctrl-C cannot cut them.
+        """
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
-                self.signal = signal.Signals(received)
-                scope.cancel()
-                return
+                if self.signal is None:
+                    self.signal = signal.Signals(received)
+                    scope.cancel()
 
     async def fetch(self) -> int:
         """Check the paths, read the input, fetch into the output; the exit status."""
@@ -216,7 +230,7 @@ class _Run:
         self.started = True
         self.summary.started = time.monotonic()
         try:
-            return await self._fetch_into(sink, sids, total)
+            await self._fetch_into(sink, sids, total)
         finally:
             try:
                 self._count(sink.commit())
@@ -227,6 +241,8 @@ class _Run:
                 self.summary.budget_denials = stats.budget_denials
                 self.summary.rate_limit_waits = stats.rate_limit_waits
                 self.summary.failures_at = sink.where()
+        # After the last commit: its results count too.
+        return EXIT_OK if self.summary.failed == 0 else EXIT_SOME_FAILED
 
     async def _job(self) -> tuple[_Sink, Iterator[str], int]:
         output = str(self.options.output)
@@ -248,21 +264,19 @@ class _Run:
     async def _files(self, format_: str) -> tuple[_Sink, Iterator[str], int]:
         output = self.options.output if self.options.output != "-" else None
         resume = self.options.resume and output is not None
+        errors_path = self.options.errors_path()
         if output is not None:
             self._may_write(output, continued=resume)
+            _not_the_same(output, errors_path)
+        # The errors file goes with its output: replaced when the output is continued or replaced.
+        self._may_write(errors_path, continued=resume)
         given = await self._read_input()
         done = resume_point(output, format_) if output is not None and resume else set[str]()
         sids = [sid for sid in given if sid not in done]
-        errors_path = self.options.errors_path()
-        _not_the_same(output, errors_path)
         append = output is not None and resume and _holds_data(output)
-        records = RecordFile.open(output, format_, append=append)
-        try:
-            errors = ErrorsFile.open(errors_path)
-        except BaseException:
-            records.close()
-            raise
-        return _FileSink(records, errors), iter(sids), len(sids)
+        # Opening a FIFO waits for its reader: off the loop, so that a signal still stops it.
+        sink = await in_daemon_thread(lambda: _FileSink.open(output, format_, append, errors_path))
+        return sink, iter(sids), len(sids)
 
     async def _read_input(self) -> list[str]:
         """Every distinct SID given, the input read once and whole before any request."""
@@ -277,7 +291,7 @@ class _Run:
         if _holds_data(output) and not (continued or self.options.overwrite):
             raise OutputError(f"{output} exists: --resume continues it, --overwrite replaces it")
 
-    async def _fetch_into(self, sink: _Sink, sids: Iterator[str], total: int) -> int:
+    async def _fetch_into(self, sink: _Sink, sids: Iterator[str], total: int) -> None:
         queue = _Queue(sids)
         answered = _Answered(host=self.client.base_url, enough=min(_FIRST_LOOKUPS, total))
         concurrency = self.options.concurrency
@@ -296,7 +310,6 @@ class _Run:
                         show(self.summary, queue.note())
             except (AuthenticationError, ConfigurationError) as exc:
                 raise _StopError(f"error: {exc}", EXIT_USAGE) from exc
-        return EXIT_OK if self.summary.failed == 0 else EXIT_SOME_FAILED
 
     def _again_after_pause(self, result: CallResult, queue: _Queue) -> bool:
         """Whether the account's pause failed this SID, to be fetched after it; or stop the run."""
@@ -328,11 +341,11 @@ class _Run:
 
 
 def _holds_data(output: str) -> bool:
-    return os.path.exists(output) and os.path.getsize(output) > 0
+    return os.path.isfile(output) and os.path.getsize(output) > 0
 
 
-def _not_the_same(output: str | None, errors_path: str) -> None:
-    if output is not None and os.path.abspath(errors_path) == os.path.abspath(output):
+def _not_the_same(output: str, errors_path: str) -> None:
+    if os.path.realpath(errors_path) == os.path.realpath(output):
         raise OutputError(f"{output} cannot be both the output and the errors file")
 
 

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,10 @@ from typing import IO, Any, Final, cast
 import attrs
 
 from ccm_async import AgentDetails, CallDetails, CallResult, CustomerDetails
+from ccm_async._cli_input import allow_long_csv_fields
 from ccm_async._cli_jobfile import JOB_FILE_SUFFIXES
 from ccm_async._cli_summary import error_code
+from ccm_async._command import silence_stdout
 from ccm_async._convert import unstructure_call
 
 __all__ = [
@@ -111,20 +114,24 @@ class RecordFile:
     name: str
     format: str
     _out: IO[bytes]
-    _size: int | None  # its length after the last whole record; None: not a file
+    _size: int | None  # its length after the last whole record; None: not a regular file
     _owned: bool  # closed with the RecordFile (stdout is not)
 
     @classmethod
     def open(cls, output: str | None, format_: str, *, append: bool) -> RecordFile:
         """Open ``output`` (stdout when None or '-'); a new file gets the CSV header."""
         if output is None or output == "-":
+            if sys.stdout is None:
+                raise OutputError("cannot write stdout: it is closed")
             record_file = cls("stdout", format_, sys.stdout.buffer, None, False)
         else:
             try:
                 out = Path(output).open("ab" if append else "wb", buffering=0)  # noqa: SIM115
             except OSError as exc:
                 raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
-            record_file = cls(output, format_, out, out.tell(), True)
+            # A FIFO or a device has no length to cut back to.
+            size = out.tell() if stat.S_ISREG(os.fstat(out.fileno()).st_mode) else None
+            record_file = cls(output, format_, out, size, True)
         if format_ == "csv" and not append:
             record_file.write_bytes(_CSV_HEADER)
         return record_file
@@ -146,9 +153,8 @@ class RecordFile:
             self._out.flush()
         except OSError as exc:
             self._cut_back()
-            if isinstance(exc, BrokenPipeError):
-                # The reader left (``| head``): the interpreter's own flush at exit must not fail.
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+            if not self._owned:
+                silence_stdout()
             raise OutputError(f"cannot write {self.name}: {exc.strerror or exc}") from exc
         if self._size is not None:
             self._size += len(record)
@@ -159,6 +165,11 @@ class RecordFile:
         # A file that cannot be cut (a device) keeps its partial tail: resume cuts it.
         with contextlib.suppress(OSError):
             os.truncate(self._out.fileno(), self._size)
+
+    def remove(self) -> None:
+        """Remove the file written (a regular file of its own; never stdout or a device)."""
+        if self._owned and self._size is not None:
+            Path(self.name).unlink(missing_ok=True)
 
     def close(self) -> None:
         """Close the file (never stdout)."""
@@ -192,10 +203,11 @@ class ErrorsFile:
         self.count += 1
 
     def close(self) -> None:
-        """Close it; an empty one is removed (no SID failed)."""
+        """Close it; an empty one is removed (no SID failed), if it is a file of its own."""
         self._file.close()
-        if self.count == 0 and self.path != os.devnull:
-            Path(self.path).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if self.count == 0 and stat.S_ISREG(os.lstat(self.path).st_mode):
+                Path(self.path).unlink()
 
 
 def resume_point(output: str, format_: str) -> set[str]:
@@ -207,9 +219,12 @@ def resume_point(output: str, format_: str) -> set[str]:
         raise OutputError(f"cannot read {output}: {exc.strerror}") from exc
     if not data:
         return set()
-    _check_contents(output, data, format_)
-    whole = _whole_records(data, format_)
-    done = _sids_of_records(output, data[:whole], format_)
+    if format_ == "csv" and _CSV_HEADER.startswith(data):
+        whole, done = 0, set[str]()  # cut off inside its header: no record was written yet
+    else:
+        _check_contents(output, data, format_)
+        whole = _whole_records(data, format_)
+        done = _sids_of_records(output, data[:whole], format_)
     if whole != len(data):
         try:
             with path.open("r+b") as file:
@@ -247,6 +262,7 @@ def _sids_of_records(output: str, data: bytes, format_: str) -> set[str]:
     text = data.decode("utf-8", "replace")
     if format_ == "jsonl":
         return {_sid_of_json(output, number, line) for number, line in _json_lines(text)}
+    allow_long_csv_fields()
     rows = csv.reader(io.StringIO(text, newline=""))
     if tuple(next(rows, ())) != CSV_COLUMNS:
         raise OutputError(f"{output}: its CSV header is not ccm-async's: not resumed")

@@ -23,7 +23,7 @@ from typing import BinaryIO, Final, TypeVar
 import anyio
 import anyio.from_thread
 
-__all__ = ["InputError", "distinct", "in_daemon_thread", "read_sids"]
+__all__ = ["InputError", "allow_long_csv_fields", "distinct", "in_daemon_thread", "read_sids"]
 
 _BOM: Final = codecs.BOM_UTF8
 _T = TypeVar("_T")
@@ -38,6 +38,8 @@ def read_sids(given: Iterable[str], input_path: str | None, *, column: str | Non
     yield from given
     if input_path is None:
         return
+    if input_path == "-" and sys.stdin is None:
+        raise InputError("cannot read stdin: it is closed")
     try:
         stream: BinaryIO = sys.stdin.buffer if input_path == "-" else Path(input_path).open("rb")  # noqa: SIM115
     except OSError as exc:
@@ -72,6 +74,11 @@ async def in_daemon_thread(read: Callable[[], _T]) -> _T:
     return results[0]
 
 
+def allow_long_csv_fields() -> None:
+    """Let the csv reader take a field of any length a record can have (its own cap is 128 KiB)."""
+    csv.field_size_limit(2**31 - 1)
+
+
 def distinct(sids: Iterable[str]) -> Iterator[str]:
     """Each SID once, in the order first given."""
     seen: set[str] = set()
@@ -85,7 +92,7 @@ def _decoded(stream: BinaryIO, *, name: str) -> Iterator[str]:
     """Each line as text (a BOM dropped), or an InputError naming the first bad line."""
     try:
         for number, raw in enumerate(stream, start=1):
-            line = raw.removeprefix(_BOM) if number == 1 else raw
+            line = raw.removeprefix(_BOM)  # any line: files that Excel wrote get concatenated
             try:
                 yield line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -105,6 +112,7 @@ def _first_fields(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _column(lines: Iterable[str], column: str, *, name: str) -> Iterator[str]:
+    allow_long_csv_fields()
     rows = csv.reader(lines)
     header = [field.strip() for field in next(rows, list[str]())]
     if column not in header:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final, cast
 
 import attrs
 
@@ -99,14 +99,18 @@ def _now() -> str:
 def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
     uri = f"{Path(path).absolute().as_uri()}?mode={'ro' if read_only else 'rwc'}"
     try:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
-        if not read_only:
-            db.execute("PRAGMA journal_mode = WAL")
-            # WAL with NORMAL survives a killed process; power loss may drop the latest commits.
-            db.execute("PRAGMA synchronous = NORMAL")
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
     except sqlite3.Error as exc:
         raise JobFileError(f"cannot open {path}: {exc}") from exc
-    return db
+
+
+@contextmanager
+def _reading(path: str) -> Generator[None]:
+    """sqlite3's errors while reading, as a JobFileError naming the file."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise JobFileError(f"cannot read {path}: {exc}") from exc
 
 
 def _check_is_a_job_file(path: str) -> None:
@@ -120,15 +124,13 @@ def _check_is_a_job_file(path: str) -> None:
 
 def _account_of(db: sqlite3.Connection, path: str) -> str | None:
     """The account the job file belongs to; None for an empty database (a new job file)."""
-    try:
+    with _reading(path):
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if not tables:
             return None
         if not {"job", "calls"} <= tables:
             raise JobFileError(f"{path} is an SQLite database but not a ccm-async job file")
         row = db.execute("SELECT account_sid FROM job").fetchone()
-    except sqlite3.Error as exc:
-        raise JobFileError(f"cannot read {path}: {exc}") from exc
     if row is None:
         raise JobFileError(f"{path} is a ccm-async job file without its job row")
     return str(row[0])
@@ -155,20 +157,22 @@ class JobFile:
 
     def to_fetch(self) -> int:
         """How many SIDs are ``pending`` or ``failed``."""
-        row = self._db.execute(
-            "SELECT count(*) FROM calls WHERE state IN ('pending', 'failed')"
-        ).fetchone()
+        with _reading(self.path):
+            row = self._db.execute(
+                "SELECT count(*) FROM calls WHERE state IN ('pending', 'failed')"
+            ).fetchone()
         return int(row[0])
 
     def sids_to_fetch(self, *, batch: int = 1000) -> Iterator[str]:
         """The ``pending`` and ``failed`` SIDs in input order, read in batches as needed."""
         after = 0
         while True:
-            rows = self._db.execute(
-                "SELECT rowid, call_sid FROM calls WHERE rowid > ? "
-                "AND state IN ('pending', 'failed') ORDER BY rowid LIMIT ?",
-                (after, batch),
-            ).fetchall()
+            with _reading(self.path):
+                rows = self._db.execute(
+                    "SELECT rowid, call_sid FROM calls WHERE rowid > ? "
+                    "AND state IN ('pending', 'failed') ORDER BY rowid LIMIT ?",
+                    (after, batch),
+                ).fetchall()
             if not rows:
                 return
             after = rows[-1][0]
@@ -251,7 +255,8 @@ def open_job(path: str, *, account_sid: str, api_host: str, afresh: bool = False
     """Open (or create) the job file at ``path`` for a fetch on ``account_sid``.
 
     ``afresh`` starts the job over (``--overwrite``): a job file's rows are
-    dropped once it is held, and another file at ``path`` is replaced.
+    dropped once it is held, and a file at ``path`` that is not SQLite is
+    replaced (another program's database never is).
     """
     try:
         _check_is_a_job_file(path)
@@ -279,6 +284,12 @@ def _prepare(
 ) -> None:
     """Lay out a new job file, or check an old one is this account's; record the host."""
     owner = _account_of(db, path)
+    # Only now, the file known to be a job file (or new): WAL, which another
+    # program's database would keep. WAL with NORMAL survives a killed process;
+    # power loss may drop the latest commits.
+    with _reading(path):
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
     if owner is not None and afresh:
         with _writing(db, path):
             db.execute("DROP TABLE calls")
@@ -340,8 +351,11 @@ class JobStatus:
         """SIDs fetched per second between the first fetch and the last."""
         if self.first_fetch is None or self.last_fetch is None:
             return None
-        first = datetime.datetime.fromisoformat(self.first_fetch)
-        span = (datetime.datetime.fromisoformat(self.last_fetch) - first).total_seconds()
+        try:
+            first = datetime.datetime.fromisoformat(self.first_fetch)
+            span = (datetime.datetime.fromisoformat(self.last_fetch) - first).total_seconds()
+        except (TypeError, ValueError):  # times written by something else
+            return None
         return (self.total - self.states["pending"]) / span if span > 0 else None
 
 
@@ -352,16 +366,19 @@ def read_job(path: str) -> sqlite3.Connection:
     _check_is_a_job_file(path)
     db = _connect(path, read_only=True)
     try:
-        _account_of(db, path)
+        owner = _account_of(db, path)
     except BaseException:
         db.close()
         raise
+    if owner is None:
+        db.close()
+        raise JobFileError(f"{path} is empty: not a job file")
     return db
 
 
-def job_status(db: sqlite3.Connection) -> JobStatus:
+def job_status(db: sqlite3.Connection, path: str) -> JobStatus:
     """The status of the job file ``db`` (one read transaction: its counts agree)."""
-    with _snapshot(db):
+    with _reading(path), _snapshot(db):
         account_sid, api_host = db.execute("SELECT account_sid, api_host FROM job").fetchone()
         states: dict[str, int] = dict.fromkeys(("ok", "not_found", "failed", "pending"), 0)
         failures: dict[str, int] = {}
@@ -370,7 +387,7 @@ def job_status(db: sqlite3.Connection) -> JobStatus:
             "GROUP BY state, error_class, http_status, error_code"
         )
         for state, error_class, http_status, code, count in rows:
-            states[state] += count
+            states[state] = states.get(state, 0) + count  # a state of another's: its own count
             if state == "failed":
                 name = failure_name(error_class, http_status, code)
                 failures[name] = failures.get(name, 0) + count
@@ -390,13 +407,23 @@ def _snapshot(db: sqlite3.Connection) -> Generator[None]:
         db.execute("COMMIT")
 
 
-def exported_calls(db: sqlite3.Connection) -> Iterator[str]:
-    """The ok calls' JSON text, in input order."""
-    for (call,) in db.execute("SELECT call FROM calls WHERE state = 'ok' ORDER BY rowid"):
-        yield str(call)
+def exported_calls(db: sqlite3.Connection, path: str) -> Iterator[dict[str, Any]]:
+    """The ok calls' API JSON, in input order."""
+    query = "SELECT call_sid, call FROM calls WHERE state = 'ok' ORDER BY rowid"
+    with _reading(path):
+        for sid, call in db.execute(query):
+            try:
+                data = json.loads(call)
+            except (TypeError, ValueError):
+                data = None
+            if not isinstance(data, dict):
+                raise JobFileError(f"{path}: the call of {sid} is not a JSON object")
+            yield cast("dict[str, Any]", data)
 
 
-def failed_sids(db: sqlite3.Connection) -> Iterator[str]:
+def failed_sids(db: sqlite3.Connection, path: str) -> Iterator[str]:
     """The failed SIDs (not found excluded: a retry would not find them), in input order."""
-    for (sid,) in db.execute("SELECT call_sid FROM calls WHERE state = 'failed' ORDER BY rowid"):
-        yield str(sid)
+    query = "SELECT call_sid FROM calls WHERE state = 'failed' ORDER BY rowid"
+    with _reading(path):
+        for (sid,) in db.execute(query):
+            yield str(sid)

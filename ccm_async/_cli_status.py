@@ -23,7 +23,7 @@ def run_status(path: str) -> int:
     try:
         db = read_job(path)
         try:
-            status = job_status(db)
+            status = job_status(db, path)
         finally:
             db.close()
     except JobFileError as exc:
@@ -55,4 +55,7 @@ def status_lines(path: str, status: JobStatus) -> Iterator[str]:
 
 
 def _local(iso: str) -> str:
-    return datetime.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError):  # a time written by something else: as it is
+        return str(iso)

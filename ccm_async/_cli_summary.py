@@ -50,6 +50,7 @@ class Summary:
     retries: int = 0
     budget_denials: int = 0
     rate_limit_waits: int = 0
+    rate_given: bool = False  # waits for a --rate of the user's own need no hint
     failures_at: str = ""  # where the failed SIDs are: the errors file, or the job file
 
     @property
@@ -85,7 +86,7 @@ class Summary:
                 f"the retry budget refused {self.budget_denials} retries (the server failed "
                 "often): run the same command again to retry the failed SIDs"
             )
-        if self.rate_limit_waits:
+        if self.rate_limit_waits and not self.rate_given:
             console.print(
                 f"waited for the rate limit {self.rate_limit_waits} times: --rate N/min "
                 "below the account's limit (Exotel's default: 200/min) avoids the 429s"
