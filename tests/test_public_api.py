@@ -54,7 +54,13 @@ INTERNAL = {
         "utf8",
     },
     "ccm_async._cli_get": {"run_get"},
-    "ccm_async._cli_input": {"InputError", "distinct", "in_daemon_thread", "read_sids"},
+    "ccm_async._cli_input": {
+        "InputError",
+        "allow_long_csv_fields",
+        "distinct",
+        "in_daemon_thread",
+        "read_sids",
+    },
     "ccm_async._cli_jobfile": {
         "JOB_FILE_SUFFIXES",
         "JobFile",
@@ -69,7 +75,7 @@ INTERNAL = {
     },
     "ccm_async._cli_status": {"run_status", "status_lines"},
     "ccm_async._cli_summary": {"Summary", "error_code", "progress", "stderr_console"},
-    "ccm_async._command": {"EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "main"},
+    "ccm_async._command": {"EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "main", "silence_stdout"},
     "ccm_async._config": {
         "DEFAULT_TIMEOUT",
         "MAX_BODY_BYTES",
