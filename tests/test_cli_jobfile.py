@@ -7,6 +7,7 @@ sqlite3, as a user's own query would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -261,10 +262,9 @@ def done_in(job: Path) -> int:
     """SIDs with a committed result, read as another program would (0 before the file is)."""
     if not job.exists():
         return 0
-    try:
-        with sqlite3.connect(f"{job.as_uri()}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"{job.as_uri()}?mode=ro", uri=True)) as db:
+        try:
             (count,) = db.execute("SELECT count(*) FROM calls WHERE state != 'pending'").fetchone()
-        db.close()
-    except sqlite3.OperationalError:  # not laid out yet
-        return 0
+        except sqlite3.OperationalError:  # not laid out yet
+            return 0
     return int(count)
