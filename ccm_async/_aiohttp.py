@@ -31,9 +31,8 @@ from ccm_async._config import MAX_BODY_BYTES
 from ccm_async._errors import (
     ConfigurationError,
 )
-from ccm_async._http import Reply, default_ssl_context, failures_as_transport_errors
+from ccm_async._http import Reply, default_ssl_context, failures_as_transport_errors, reply
 from ccm_async._loops import PerLoop
-from ccm_async._retry_after import parse_retry_after
 from ccm_async._transport import pool_limits
 
 __all__ = ["AiohttpEngine", "client_timeout"]
@@ -144,11 +143,8 @@ class AiohttpEngine:
                 raise
             response.release()
         headers = response.headers
-        return Reply(
-            response.status,
-            decompress(raw, headers.get("content-encoding"), call_sid),
-            parse_retry_after(headers.get("retry-after")),
-        )
+        body = decompress(raw, headers.get("content-encoding"), call_sid)
+        return reply(response.status, body, headers.get)
 
     async def aclose(self) -> None:
         await self._sessions.aclose()

@@ -105,8 +105,14 @@ class Attempts:
                 permit.end()
             status = reply.status
             self._counters.responses[status] += 1
+            if reply.rate_window is not None:
+                self._throttle.pacer.observe(reply.rate_window)
             call = decode_response(
-                status, reply.body, call_sid=call_sid, retry_after=reply.retry_after
+                status,
+                reply.body,
+                call_sid=call_sid,
+                retry_after=reply.retry_after,
+                api_version=self._setup.api_version,
             )
         except TransportError:
             self._counters.transport_errors += 1

@@ -30,6 +30,7 @@ import httpx
 from ccm_async._attempt import Attempts
 from ccm_async._bulk import gather_results, stream_results
 from ccm_async._config import DEFAULT_TIMEOUT, Region, settings_from_env, validate_call_sid
+from ccm_async._convert import ApiVersion
 from ccm_async._errors import CcmError, ClientClosedError, forget_frames
 from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._models import CallDetails, CallResult, ClientStats
@@ -59,6 +60,8 @@ class AsyncCcmClient:
         account_sid: the account SID.
         region: ``"sg"`` (Singapore, the default) or ``"in"`` (Mumbai).
         base_url: overrides the region's host; https unless the host is loopback.
+        api_version: ``"v2"`` (the default) or ``"v3"``, Exotel's Voice v3 call
+            details (beta); both give the same :class:`CallDetails`.
         max_concurrency: requests in flight at once, across all lookups (1-4096).
         timeout: httpx's per-request timeouts, a float or an ``httpx.Timeout``
             (the lookup's overall deadline is ``RetryPolicy.timeout``).
@@ -79,6 +82,7 @@ class AsyncCcmClient:
         account_sid: str,
         region: Region | str = Region.SINGAPORE,
         base_url: str | None = None,
+        api_version: ApiVersion = "v2",
         max_concurrency: int = 32,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = DEFAULT_RETRY,
@@ -93,6 +97,7 @@ class AsyncCcmClient:
             account_sid=account_sid,
             region=region,
             base_url=base_url,
+            api_version=api_version,
             max_concurrency=max_concurrency,
             timeout=timeout,
             retry=retry,
@@ -113,9 +118,10 @@ class AsyncCcmClient:
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
         """A client configured from the environment.
 
-        Reads ``EXOTEL_API_KEY``, ``EXOTEL_API_TOKEN``, ``EXOTEL_ACCOUNT_SID`` and
-        ``EXOTEL_REGION`` (``sg`` or ``in``) or ``EXOTEL_CCM_BASE_URL``; ``options``
-        are passed to the constructor and win over the environment.
+        Reads ``EXOTEL_API_KEY``, ``EXOTEL_API_TOKEN``, ``EXOTEL_ACCOUNT_SID``,
+        ``EXOTEL_REGION`` (``sg`` or ``in``) or ``EXOTEL_CCM_BASE_URL``, and
+        ``EXOTEL_API_VERSION`` (``v2`` or ``v3``); ``options`` are passed to the
+        constructor and win over the environment.
         """
         return cls(**{**settings_from_env(environ), **options})
 
@@ -123,6 +129,11 @@ class AsyncCcmClient:
     def base_url(self) -> str:
         """The API host this client talks to."""
         return self._setup.base_url
+
+    @property
+    def api_version(self) -> ApiVersion:
+        """The API version this client asks (``"v2"`` or ``"v3"``)."""
+        return self._setup.api_version
 
     @property
     def account_sid(self) -> str:

@@ -207,7 +207,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Client settings from ``EXOTEL_*`` variables; missing ones raise ConfigurationError."""
+    """Client settings from ``EXOTEL_*`` variables; missing ones raise ConfigurationError.
+
+    ``EXOTEL_API_VERSION`` (``v2`` or ``v3``) is read as it is given, checked by
+    the client.
+    """
     env = os.environ if environ is None else environ
     names = {
         "api_key": "EXOTEL_API_KEY",
@@ -222,4 +226,6 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any
         settings["base_url"] = env["EXOTEL_CCM_BASE_URL"]
     elif env.get("EXOTEL_REGION"):
         settings["region"] = env["EXOTEL_REGION"].strip().lower()
+    if env.get("EXOTEL_API_VERSION"):
+        settings["api_version"] = env["EXOTEL_API_VERSION"].strip().lower()
     return settings

@@ -5,6 +5,13 @@ defaults coerce silently (a dict into its repr, 7.9 into 7, True into 1):
 a wrong-typed field raises :class:`ResponseFormatError` naming the field's path.
 The converter and its generated structure functions are built once, on first
 use: cattrs loads with the first call decoded, not with ccm_async.
+
+Both API versions give the same :class:`CallDetails`. v2's ``response.data`` has
+the library's field names; v3's ``response.call_details`` renames three of them
+(``sid``, ``state``, ``status``) and adds ``legs`` (``legs_url``); the other
+fields keep their shared names, and a field a version does not send stays None.
+A timestamp at the Unix epoch is v3's placeholder for "not yet" (an active
+call's ``end_time``) and is read as None, in either version.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeGuard, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeGuard, TypeVar, cast
 
 import attrs
 
-from ccm_async._errors import ErrorAnswer, ResponseFormatError, api_error, shown
+from ccm_async._errors import ApiError, ErrorAnswer, ResponseFormatError, api_error, shown
 from ccm_async._models import (
     AgentDetails,
     CallDetails,
@@ -33,11 +40,32 @@ from ccm_async._models import (
 if TYPE_CHECKING:
     import cattrs
 
-__all__ = ["converter", "decode_response", "loads", "structure_call", "unstructure_call"]
+__all__ = [
+    "API_VERSIONS",
+    "V3_KEYS",
+    "ApiVersion",
+    "converter",
+    "decode_response",
+    "loads",
+    "structure_call",
+    "unstructure_call",
+]
+
+ApiVersion = Literal["v2", "v3"]
+API_VERSIONS: Final[tuple[ApiVersion, ...]] = ("v2", "v3")
 
 _E = TypeVar("_E", bound=enum.StrEnum)
 _INTEGER: Final = re.compile(r"[+-]?[0-9]{1,18}")
 _TEXT_LIMIT: Final = 2000
+_UNIX_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Where each version puts the call.
+_PAYLOAD_KEYS: Final[dict[ApiVersion, str]] = {"v2": "data", "v3": "call_details"}
+V3_KEYS: Final = {  # v3's names of the fields it renamed or added, by attribute
+    "call_sid": "sid",
+    "call_state": "state",
+    "call_status": "status",
+    "legs_url": "legs",
+}
 
 
 def _reject(value: object, expected: str) -> NoReturn:
@@ -79,6 +107,13 @@ def _structure_datetime(value: object, _: object) -> dt.datetime:
     return parsed
 
 
+def _structure_moment(value: object, _: object) -> dt.datetime | None:
+    if value is None:
+        return None
+    parsed = _structure_datetime(value, _)
+    return None if parsed == _UNIX_EPOCH else parsed
+
+
 def _known_or_str(enum_cls: type[_E]) -> Callable[[object, object], _E | str | None]:
     known: dict[str, _E] = {member.value: member for member in enum_cls}
 
@@ -115,6 +150,7 @@ def converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(dt.datetime, _structure_datetime)
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
+    _register_exact(conv, dt.datetime | None, _structure_moment)
     for enum_cls in (CallState, Direction, CallStatus):
         _register_exact(conv, enum_cls | str | None, _known_or_str(enum_cls))
     # Leaves first: a generated function binds its fields' hooks when it is made.
@@ -122,15 +158,28 @@ def converter() -> cattrs.Converter:
         _register_class(conv, cls)
     recordings = tuple[Recording, ...]
     _register_exact(conv, recordings, _null_as_empty(conv.get_structure_hook(recordings)))
-    _register_class(conv, CallDetails)
+    # The class's own hook reads v2 (no legs); v3's is made on its own (_call_details).
+    _register_class(conv, CallDetails, legs_url=_override(omit=True))
     return conv
 
 
-def _register_class(conv: cattrs.Converter, cls: type[Any]) -> None:
-    from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn  # noqa: PLC0415
+def _override(**options: Any) -> Any:
+    from cattrs.gen import override  # noqa: PLC0415 - loaded with the converter
 
-    conv.register_structure_hook(cls, _strict_mapping(make_dict_structure_fn(cls, conv)))
+    return override(**options)
+
+
+def _register_class(conv: cattrs.Converter, cls: type[Any], **overrides: Any) -> None:
+    from cattrs.gen import make_dict_unstructure_fn  # noqa: PLC0415
+
+    conv.register_structure_hook(cls, _structure_fn(conv, cls, **overrides))
     conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv))
+
+
+def _structure_fn(conv: cattrs.Converter, cls: type[Any], **overrides: Any) -> Any:
+    from cattrs.gen import make_dict_structure_fn  # noqa: PLC0415
+
+    return _strict_mapping(make_dict_structure_fn(cls, conv, **overrides))
 
 
 def _register_exact(conv: cattrs.Converter, type_: object, hook: Callable[..., Any]) -> None:
@@ -149,19 +198,25 @@ def _strict_mapping(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
 
 
 @functools.cache
-def _structure_call_details() -> Callable[[Any, type[CallDetails]], CallDetails]:
-    return converter().get_structure_hook(CallDetails)
+def _call_details(api_version: ApiVersion) -> Callable[[Any, type[CallDetails]], CallDetails]:
+    conv = converter()
+    if api_version == "v2":
+        return conv.get_structure_hook(CallDetails)
+    renames = {name: _override(rename=key) for name, key in V3_KEYS.items()}
+    return _structure_fn(conv, CallDetails, **renames)  # type: ignore[no-any-return]
 
 
-def structure_call(data: object, *, path: str = "$") -> CallDetails:
-    """Structure the API's ``data`` object; errors name the bad field's path."""
+def structure_call(data: object, *, path: str = "$", api_version: ApiVersion = "v2") -> CallDetails:
+    """Structure the call object of ``api_version`` (v2's ``data``, v3's
+    ``call_details``); errors name the bad field's path by that version's names."""
     try:
-        return _structure_call_details()(data, CallDetails)
+        return _call_details(api_version)(data, CallDetails)
     # cattrs' validation errors are ExceptionGroups (BaseValidationError). Not
     # chained: the message names each bad field, and the group of exceptions (with
     # their tracebacks) would make every kept error heavy.
     except (ExceptionGroup, TypeError, ValueError) as exc:
-        raise ResponseFormatError(_describe(exc, path)) from None
+        renamed = V3_KEYS if api_version == "v3" else {}
+        raise ResponseFormatError(_describe(exc, path, renamed)) from None
 
 
 def unstructure_call(call: CallDetails) -> dict[str, Any]:
@@ -169,17 +224,28 @@ def unstructure_call(call: CallDetails) -> dict[str, Any]:
     return converter().unstructure(call, CallDetails)  # type: ignore[no-any-return]
 
 
-def _describe(exc: Exception, path: str) -> str:
+def _describe(exc: Exception, path: str, renamed: Mapping[str, str]) -> str:
     import cattrs  # noqa: PLC0415 - loaded by then: the converter raised exc
 
     if isinstance(exc, cattrs.BaseValidationError):
         problems = cattrs.transform_error(exc, path=path, format_exception=_format_problem)
+        problems = [_key_path(problem, path, renamed) for problem in problems]
     else:
         problems = [f"{exc} @ {path}"]
     shown = "; ".join(problems[:5])
     if len(problems) > 5:
         shown += f"; and {len(problems) - 5} more"
     return f"invalid call details: {shown}"
+
+
+def _key_path(problem: str, path: str, renamed: Mapping[str, str]) -> str:
+    # cattrs names a renamed field by its attribute; the body has it by its key.
+    # The renamed fields are leaves, so their path ends the problem's text.
+    for name, key in renamed.items():
+        suffix = f" @ {path}.{name}"
+        if problem.endswith(suffix):
+            return problem[: -len(suffix)] + f" @ {path}.{key}"
+    return problem
 
 
 def _format_problem(exc: BaseException, type_: Any) -> str:
@@ -203,24 +269,37 @@ def loads(body: bytes) -> Any:
 
 
 def decode_response(
-    http_status: int, body: bytes, *, call_sid: str, retry_after: float | None = None
+    http_status: int,
+    body: bytes,
+    *,
+    call_sid: str,
+    retry_after: float | None = None,
+    api_version: ApiVersion = "v2",
 ) -> CallDetails:
-    """The call in a response, or the typed exception it stands for.
+    """The call in a response of ``api_version``, or the typed exception it stands for.
 
     The envelope's ``response.status`` and ``response.code`` decide when the body
-    is the envelope (an HTTP 200 can carry an error); the HTTP status decides when
-    it is not (a gateway's HTML page). A call whose ``call_sid`` is not the one
-    asked for is a :class:`ResponseFormatError`, never returned.
+    is the envelope (an HTTP 200 can carry an error); an Exotel ``RestException``
+    is an error with its ``Status`` and ``Message``; the HTTP status decides for
+    any other body (a gateway's HTML page). A call whose SID is not the one asked
+    for is a :class:`ResponseFormatError`, never returned.
     """
     try:
-        return _decode(http_status, body, call_sid=call_sid, retry_after=retry_after)
+        return _decode(
+            http_status, body, call_sid=call_sid, retry_after=retry_after, api_version=api_version
+        )
     except ResponseFormatError as exc:
         exc.call_sid = call_sid
         raise
 
 
 def _decode(
-    http_status: int, body: bytes, *, call_sid: str, retry_after: float | None
+    http_status: int,
+    body: bytes,
+    *,
+    call_sid: str,
+    retry_after: float | None,
+    api_version: ApiVersion,
 ) -> CallDetails:
     answer = ErrorAnswer(http_status=http_status, call_sid=call_sid, retry_after=retry_after)
     try:
@@ -231,20 +310,42 @@ def _decode(
         raise
     document = _json_object(document) or {}
     response = _json_object(document.get("response"))
+    rest_exception = _json_object(document.get("RestException"))
+    if response is None and rest_exception is not None:
+        raise _rest_exception_error(rest_exception, answer)
     if response is None or "status" not in response:
         if http_status >= 300:
             raise api_error(answer, status=http_status, from_api=False)
         raise ResponseFormatError("response body is not the API's envelope (no response.status)")
     code = response.get("code")
-    # An HTTP status outside 100-599 is no HTTP answer at all: no envelope makes it one.
-    plausible = 100 <= http_status <= 599
-    status = code if plausible and _is_int(code) and 400 <= code <= 599 else http_status
+    status = _error_status(code, http_status)
     if response["status"] == "success" and 200 <= status < 300:
-        data = response.get("data")
+        key = _PAYLOAD_KEYS[api_version]
+        data = response.get(key)
         if data is None:
-            raise ResponseFormatError("successful response without data")
-        return _the_call_asked_for(structure_call(data, path="$.response.data"), call_sid)
+            raise ResponseFormatError(f"successful response without {key}")
+        call = structure_call(data, path=f"$.response.{key}", api_version=api_version)
+        return _the_call_asked_for(call, call_sid)
     raise api_error(_envelope_answer(document, response, answer), status=status)
+
+
+def _error_status(code: object, http_status: int) -> int:
+    """The status an answer stands for: its own error code's when that is a 4xx or
+    5xx, else the HTTP status line's."""
+    # An HTTP status outside 100-599 is no HTTP answer at all: no body makes it one.
+    plausible = 100 <= http_status <= 599
+    return code if plausible and _is_int(code) and 400 <= code <= 599 else http_status
+
+
+def _rest_exception_error(rest_exception: dict[str, Any], answer: ErrorAnswer) -> ApiError:
+    # Exotel's other error shape: {"RestException": {"Status", "Message", "Code"}}.
+    # Its Code is a word (RATE_LIMIT_EXCEEDED), not a number: kept in the message.
+    message = _str_or_none(rest_exception.get("Message"))
+    word = _str_or_none(rest_exception.get("Code"))
+    if word and message:
+        message = f"{message} ({word})"
+    status = _error_status(rest_exception.get("Status"), answer.http_status)
+    return api_error(attrs.evolve(answer, message=message or word), status=status)
 
 
 def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:

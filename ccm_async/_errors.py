@@ -10,14 +10,15 @@ Every error the library raises is a :class:`CcmError`::
     ├── WaitTimeoutError        (also TimeoutError) wait_for_terminal gave up
     ├── ClientClosedError       (also RuntimeError) used or closed under a lookup
     ├── ApiError                the API (or something in front of it) said no
-    │   ├── CallNotFoundError   404: 3043, 3044, 3045
-    │   ├── AuthenticationError 401, 403: wrong credentials or wrong region
-    │   ├── RateLimitError      429
+    │   ├── CallNotFoundError   404: 3043, 3044, 3045 (v2), 10744 (v3)
+    │   ├── AuthenticationError 401, 403, 1010: wrong credentials or wrong region
+    │   ├── RateLimitError      429, 10724 (v3)
     │   └── ServerError         5xx: 1100, 3042, 3046, 3075
     └── ResponseFormatError     a body that is not what the API sends
 
-When the body is the API's envelope, its ``response.code`` picks the class;
-when it is not (a load balancer's HTML page), the HTTP status does.
+When the body is the API's envelope, a documented ``error_data.code`` (above)
+picks the class, else its ``response.code``; when it is not the envelope (a
+load balancer's HTML page), the HTTP status does.
 """
 
 from __future__ import annotations
@@ -203,14 +204,24 @@ def error_class(status: int) -> type[ApiError]:
     return ApiError
 
 
+_DOCUMENTED_CODES: dict[int, type[ApiError]] = {
+    **dict.fromkeys((3043, 3044, 3045, 10744), CallNotFoundError),
+    1010: AuthenticationError,
+    10724: RateLimitError,
+    **dict.fromkeys((1100, 3042, 3046, 3075), ServerError),
+}
+
+
 def api_error(answer: ErrorAnswer, *, status: int, from_api: bool = True) -> ApiError:
     """Build the exception for an error answer.
 
-    ``status`` picks the class (the envelope's ``response.code`` when there is an
-    envelope, else the HTTP status); ``from_api`` is False when the body was not
-    the API's envelope (a proxy's page, a wrong base_url).
+    A documented ``answer.code`` picks the class, else ``status`` does (the
+    envelope's ``response.code`` when there is an envelope, else the HTTP status);
+    ``from_api`` is False when the body was not the API's (a proxy's page, a wrong
+    base_url).
     """
-    cls = error_class(status)
+    documented = _DOCUMENTED_CODES.get(answer.code) if answer.code is not None else None
+    cls = documented or error_class(status)
     if not from_api and cls in (CallNotFoundError, AuthenticationError):
         # A proxy's or a wrong base_url's 404/401 says nothing about the call.
         cls = ApiError

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ssl
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import httpx
@@ -41,6 +41,7 @@ from ccm_async._errors import (
     one_line,
 )
 from ccm_async._loops import PerLoop
+from ccm_async._pacing import RateWindow, parse_rate_window
 from ccm_async._retry_after import parse_retry_after
 
 if TYPE_CHECKING:
@@ -54,17 +55,31 @@ __all__ = [
     "Reply",
     "default_ssl_context",
     "failures_as_transport_errors",
+    "reply",
 ]
 
 _STREAM_ERRORS: Final = (httpx.HTTPError, httpx.StreamError)
 
 
 class Reply(NamedTuple):
-    """What one GET brought back: the status, the decoded body and ``Retry-After``."""
+    """What one GET brought back: the status, the decoded body, ``Retry-After``
+    and the rate-limit window the headers describe."""
 
     status: int
     body: bytes
     retry_after: float | None
+    rate_window: RateWindow | None
+
+
+def reply(status: int, body: bytes, header: Callable[[str], str | None]) -> Reply:
+    """The :class:`Reply` of a response, its headers read through ``header``
+    (a lower-case name's value, or None)."""
+    return Reply(
+        status,
+        body,
+        parse_retry_after(header("retry-after")),
+        parse_rate_window(header("x-ratelimit-remaining"), header("x-ratelimit-reset")),
+    )
 
 
 class Engine(Protocol):
@@ -135,11 +150,8 @@ class PoolEngine:
                 )
             finally:
                 await response.aclose()
-        return Reply(
-            response.status,
-            decompress(raw, headers.get("content-encoding"), call_sid),
-            parse_retry_after(headers.get("retry-after")),
-        )
+        body = decompress(raw, headers.get("content-encoding"), call_sid)
+        return reply(response.status, body, headers.get)
 
     async def aclose(self) -> None:
         await self._pools.aclose()
@@ -196,7 +208,7 @@ async def read_httpx_response(response: httpx.Response, call_sid: str) -> Reply:
             body = decompress(raw, response.headers.get("content-encoding"), call_sid)
     finally:
         await response.aclose()
-    return Reply(response.status_code, body, parse_retry_after(response.headers.get("retry-after")))
+    return reply(response.status_code, body, response.headers.get)
 
 
 def _already_read(response: httpx.Response, call_sid: str) -> bytes:

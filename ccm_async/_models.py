@@ -1,6 +1,7 @@
 """The call details a lookup returns: frozen, slotted attrs classes.
 
-Field names are the API's. Every field may be null, as the API documents.
+Field names are the API's (v2's; v3's renamed fields are mapped onto them, see
+``_convert``). Every field may be null, as the API documents.
 ``call_state``, ``direction`` and ``call_status`` hold a ``StrEnum`` member for a
 value this library knows and the plain string for one it does not, so a new
 value from Exotel never fails a lookup; both compare equal to the string.
@@ -48,7 +49,8 @@ class Direction(enum.StrEnum):
 
 
 class CallStatus(enum.StrEnum):
-    """Known values of ``call_status`` (null while the call is active)."""
+    """Known values of ``call_status`` (null while the call is active); the
+    ``FROM_LEG_*`` and ``TO_LEG_*`` ones are Voice v3's."""
 
     COMPLETED = "completed"
     FAILED = "failed"
@@ -61,6 +63,11 @@ class CallStatus(enum.StrEnum):
     AGENT_CANCELLED = "agent_cancelled"
     CUSTOMER_NO_DIAL = "customer_no_dial"
     AGENT_NO_DIAL = "agent_no_dial"
+    FROM_LEG_UNANSWERED = "from_leg_unanswered"
+    TO_LEG_UNANSWERED = "to_leg_unanswered"
+    FROM_LEG_CANCELLED = "from_leg_cancelled"
+    FROM_LEG_NO_DIAL = "from_leg_no_dial"
+    TO_LEG_NO_DIAL = "to_leg_no_dial"
 
 
 @attrs.frozen(kw_only=True)
@@ -95,8 +102,11 @@ class CustomerDetails:
 class CallDetails:
     """The details of one CCM call, as ``GET .../calls/{call_sid}`` returns them.
 
-    Datetimes are timezone-aware; durations are whole seconds; ``recordings``
-    is a tuple (empty when the API sends null or ``[]``).
+    Datetimes are timezone-aware (the epoch, v3's placeholder for a time not
+    yet known, is None); durations are whole seconds; ``recordings`` is a tuple
+    (empty when the API sends null or ``[]``). ``legs_url`` is v3's ``legs``:
+    the path of the call's legs in the Legs API (None from v2, which sends
+    none). A field the version does not send is None.
     """
 
     call_sid: str | None = None
@@ -117,6 +127,7 @@ class CallDetails:
     app_name: str | None = None
     digits: str | None = None
     recordings: tuple[Recording, ...] = ()
+    legs_url: str | None = None
 
     @property
     def is_terminal(self) -> bool:

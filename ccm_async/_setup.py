@@ -2,7 +2,7 @@
 
 :func:`client_setup` takes ``AsyncCcmClient``'s constructor arguments and
 checks them in the order they are documented: credentials, the timeout,
-counts, the host, then the types of the objects given. It returns a
+counts, the host and the API version, then the types of the objects given. It returns a
 :class:`Setup`: the URLs, the bound on requests in flight, the retry policy,
 and the engine that sends the requests (``_http``), which opens nothing until
 the first lookup.
@@ -16,6 +16,7 @@ import attrs
 import httpx
 
 from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
+from ccm_async._convert import API_VERSIONS, ApiVersion
 from ccm_async._engines import own_engine
 from ccm_async._errors import ConfigurationError
 from ccm_async._http import ClientEngine, Engine
@@ -37,6 +38,7 @@ class Setup:
 
     base_url: str
     account_sid: str
+    api_version: ApiVersion
     calls_url: str  # the SID is appended
     max_concurrency: int
     cache_size: int
@@ -53,6 +55,7 @@ def client_setup(
     account_sid: str,
     region: Region | str,
     base_url: str | None,
+    api_version: ApiVersion,
     max_concurrency: int,
     timeout: float | httpx.Timeout,
     retry: RetryPolicy | None,
@@ -67,6 +70,8 @@ def client_setup(
     check_count("max_concurrency", max_concurrency, MAX_CONCURRENCY_LIMIT)
     check_count("cache_size", cache_size, 10_000_000, low=0)
     resolved_url = resolve_base_url(region, base_url)
+    if api_version not in API_VERSIONS:
+        raise ConfigurationError(f"api_version must be 'v2' or 'v3', got {api_version!r:.40}")
     headers = {
         "authorization": credentials.authorization(),
         "accept": "application/json",
@@ -95,7 +100,8 @@ def client_setup(
     return Setup(
         base_url=resolved_url,
         account_sid=credentials.account_sid,
-        calls_url=f"{resolved_url}/v2/accounts/{credentials.account_sid}/calls/",
+        api_version=api_version,
+        calls_url=f"{resolved_url}/{api_version}/accounts/{credentials.account_sid}/calls/",
         max_concurrency=min(max_concurrency, pool or max_concurrency),
         cache_size=cache_size,
         policy=_SINGLE_ATTEMPT if retry is None else retry,

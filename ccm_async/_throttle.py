@@ -13,6 +13,7 @@ one it adapts to 429s: a sustained share of them lowers its rate
 successes raise it back slowly (additive increase). A 429's ``Retry-After``
 pauses every send of the client for as long as it says, never longer; a lookup
 that may not wait that long fails at once instead (``Lookup.wait_out_pause``).
+The server's own rate-limit headers pace the sends as well (``_pacing``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import anyio.lowlevel
 import attrs
 
 from ccm_async._errors import ConfigurationError
+from ccm_async._pacing import HeaderPacer
 from ccm_async._retry import backoff_is_instant
 
 __all__ = ["AdaptiveRate", "Permit", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
@@ -257,12 +259,12 @@ class AdaptiveRate:
 
 
 class Permit:
-    """A request's place under the rate limit, from before its send until its
-    exchange ends."""
+    """A request's place under the rate limit and the server's pacing, from before
+    its send until its exchange ends."""
 
-    def __init__(self, limiter: SlidingWindow | AdaptiveRate, *, waited: bool) -> None:
+    def __init__(self, throttle: Throttle, *, waited: bool) -> None:
         self.waited = waited
-        self._limiter = limiter
+        self._throttle = throttle
         self._held = True
 
     def end(self, *, sent: bool = True) -> None:
@@ -270,23 +272,32 @@ class Permit:
         never began (the place goes back). Only the first call counts."""
         if self._held:
             self._held = False
-            self._limiter.release(sent=sent)
+            self._throttle.limiter.release(sent=sent)
+            self._throttle.pacer.release(sent=sent)
 
 
 class Throttle:
-    """The client-wide pause (after a 429's Retry-After) and the rate limiter."""
+    """The client-wide pause (after a 429's Retry-After), the rate limiter, and the
+    pacing by the server's headers."""
 
     def __init__(self, limit: RateLimit | None) -> None:
         self.limiter: SlidingWindow | AdaptiveRate = (
             AdaptiveRate() if limit is None else SlidingWindow(limit)
         )
+        self.pacer = HeaderPacer()
         self._paused_until = 0.0
 
     @asynccontextmanager
     async def permit(self) -> AsyncGenerator[Permit]:
         """Wait for a permit, held for the block; the exchange ends it (:meth:`Permit.end`),
         and if none did, leaving the block gives it back unused."""
-        permit = Permit(self.limiter, waited=await self.limiter.acquire())
+        waited = await self.limiter.acquire()
+        try:
+            waited = await self.pacer.acquire() or waited
+        except BaseException:
+            self.limiter.release(sent=False)
+            raise
+        permit = Permit(self, waited=waited)
         try:
             yield permit
         finally:

@@ -87,6 +87,9 @@ INTERNAL = {
         "validate_call_sid",
     },
     "ccm_async._convert": {
+        "API_VERSIONS",
+        "ApiVersion",
+        "V3_KEYS",
         "converter",
         "decode_response",
         "loads",
@@ -97,6 +100,7 @@ INTERNAL = {
     "ccm_async._retry_after": {"parse_retry_after"},
     "ccm_async._flights": {"SingleFlight", "TerminalCache"},
     "ccm_async._http": {
+        "reply",
         "ClientEngine",
         "Engine",
         "PoolEngine",
@@ -106,6 +110,7 @@ INTERNAL = {
     },
     "ccm_async._loops": {"PerLoop", "current_loop"},
     "ccm_async._engines": {"own_engine"},
+    "ccm_async._pacing": {"HeaderPacer", "RateWindow", "parse_rate_window"},
     "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
     "ccm_async._setup": {

@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypedDict
@@ -24,7 +25,7 @@ import attrs
 import httpx
 
 from ccm_async import AsyncCcmClient, CallDetails, RateLimit
-from ccm_async._convert import unstructure_call
+from ccm_async._convert import V3_KEYS, ApiVersion, unstructure_call
 
 __all__ = ["FakeCcm", "Fault", "RecordedRequest"]
 
@@ -33,7 +34,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_CALL_PATH: Final = re.compile(r"/v2/accounts/(?P<account>[^/]+)/calls/(?P<sid>[^/]+)")
+_CALL_PATH: Final = re.compile(
+    r"/(?P<version>v2|v3)/accounts/(?P<account>[^/]+)/calls/(?P<sid>[^/]+)"
+)
 _MESSAGES: Final = {
     401: "Authorization failed",
     403: "Forbidden",
@@ -42,7 +45,26 @@ _MESSAGES: Final = {
     429: "Too many requests",
     500: "Internal Server Error",
 }
-_EPOCH: Final = dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30)))
+_IST: Final = dt.timezone(dt.timedelta(hours=5, minutes=30))
+_EPOCH: Final = dt.datetime(2024, 1, 1, tzinfo=_IST)
+# v3 sends none of these, and its placeholder for an end not yet known is the epoch.
+_NOT_IN_V3: Final = ("updated_time", "start_time", "assigned_agent_details", "customer_details")
+_V3_NOT_YET: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC).astimezone(_IST).isoformat(" ")
+_ISO_T: Final = re.compile(r"(?<=^[0-9]{4}-[0-9]{2}-[0-9]{2})T")
+
+
+@attrs.frozen
+class _Codes:
+    """The error codes a version's generated answers carry."""
+
+    not_found: int
+    rate_limited: int | None
+
+
+_CODES: Final[dict[str, _Codes]] = {
+    "v2": _Codes(not_found=3043, rate_limited=None),
+    "v3": _Codes(not_found=10744, rate_limited=10724),
+}
 
 
 class _Kind(enum.Enum):
@@ -181,14 +203,20 @@ class FakeCcm:
     """A fake of the CCM Get Call Details API, as an ASGI application.
 
     It checks HTTP Basic auth (the 401/1010 envelope when wrong), serves the calls
-    you :meth:`add_call`, answers other SIDs with the 404/3043 envelope, or, with
+    you :meth:`add_call` on both versions' paths (``/v2/...`` as v2's ``data``,
+    ``/v3/...`` as v3's ``call_details``), answers other SIDs with the 404
+    envelope (3043, or v3's 10744), or, with
     ``generate=True``, with a deterministic realistic call (so a million SIDs need
     no setup; ``missing_rate`` of them are not found). It fails on demand
     (:meth:`fail`, :meth:`fail_randomly`), adds ``latency`` (seconds, or a
     ``(low, high)`` range), and records the last ``log_size`` requests. With
     ``rate_limit`` it answers 429 to requests beyond that many in any window (a
     sliding window per account, as a server counts), with a ``Retry-After`` when
-    ``rate_limit_retry_after`` is set. Its clock is ``anyio.current_time()``: in a
+    ``rate_limit_retry_after`` is set. With ``rate_limit_headers`` the window is a
+    fixed one instead, as the newer Exotel docs describe: every answer carries
+    ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
+    (epoch seconds, to the millisecond) and the excess gets a 429 with
+    ``Retry-After`` and a ``RestException`` body. Its clock is ``anyio.current_time()``: in a
     test on a virtual clock, its latency and its window run on that clock too.
 
     Use it in-process with :meth:`client` (fast), or on a real socket with
@@ -209,6 +237,7 @@ class FakeCcm:
         log_size: int = 10_000,
         rate_limit: RateLimit | None = None,
         rate_limit_retry_after: bool = False,
+        rate_limit_headers: bool = False,
     ) -> None:
         self.api_key = api_key
         self.api_token = api_token
@@ -228,6 +257,9 @@ class FakeCcm:
         self._log: collections.deque[RecordedRequest] = collections.deque(maxlen=log_size)
         self.rate_limit = rate_limit
         self.rate_limit_retry_after = rate_limit_retry_after
+        self.rate_limit_headers = rate_limit_headers
+        self._window_end = -math.inf
+        self._window_used = 0
         self._admitted: collections.deque[float] = collections.deque(
             maxlen=rate_limit.requests if rate_limit else 0
         )
@@ -267,7 +299,8 @@ class FakeCcm:
     # -- what it serves ---------------------------------------------------------
 
     def add_call(self, call: CallDetails | Mapping[str, Any]) -> None:
-        """Serve ``call`` (a CallDetails, or the raw ``data`` object, which may be malformed)."""
+        """Serve ``call`` (a CallDetails, or v2's raw ``data`` object, which may be
+        malformed; v3's paths serve it renamed, see :mod:`ccm_async._convert`)."""
         data = unstructure_call(call) if isinstance(call, CallDetails) else dict(call)
         sid = data.get("call_sid")
         if not isinstance(sid, str):
@@ -380,31 +413,60 @@ class FakeCcm:
             return await _send_envelope(send, 401, 401, error_code=1010)
         if match["account"] != self.account_sid:
             return await _send_envelope(send, 403, 403, error_code=1003)
-        wait = self._admit()
+        version: ApiVersion = "v3" if match["version"] == "v3" else "v2"
+        codes = _CODES[version]
+        wait, headers = self._admit()
         if wait is not None:
             # Retry-After is whole seconds (RFC 9110): round up, never early.
             retry_after = [(b"retry-after", str(math.ceil(wait)).encode())]
+            if self.rate_limit_headers:
+                return await _send_rest_exception(send, math.ceil(wait), [*headers, *retry_after])
             headers = retry_after if self.rate_limit_retry_after else []
-            return await _send_envelope(send, 429, 429, error_code=None, headers=headers)
+            return await _send_envelope(
+                send, 429, 429, error_code=codes.rate_limited, headers=headers
+            )
         await self._delay()
         fault = self._pick_fault(call_sid)
         if fault is not None:
             return await _send_fault(fault, receive, send)
         data = self._call_data(call_sid)
         if data is None:
-            return await _send_envelope(send, 404, 404, error_code=3043)
-        return await _send_json(send, 200, _success(data))
+            return await _send_envelope(send, 404, 404, error_code=codes.not_found, headers=headers)
+        return await _send_json(send, 200, _success(data, version, self.account_sid), headers)
 
-    def _admit(self) -> float | None:
-        """None if the rate limit admits a request now, else the seconds until it would."""
+    def _admit(self) -> tuple[float | None, list[tuple[bytes, bytes]]]:
+        """None if the rate limit admits a request now, else the seconds until it would;
+        and the rate-limit headers to answer with."""
         if self.rate_limit is None:
-            return None
+            return None, []
+        if self.rate_limit_headers:
+            return self._admit_in_fixed_window(self.rate_limit)
+        return self._admit_in_sliding_window(self.rate_limit), []
+
+    def _admit_in_fixed_window(
+        self, limit: RateLimit
+    ) -> tuple[float | None, list[tuple[bytes, bytes]]]:
+        now = anyio.current_time()
+        if now >= self._window_end:
+            self._window_end = now + limit.per
+            self._window_used = 0
+        admitted = self._window_used < limit.requests
+        self._window_used += admitted
+        left = self._window_end - now
+        headers = [
+            (b"x-ratelimit-limit", str(limit.requests).encode()),
+            (b"x-ratelimit-remaining", str(limit.requests - self._window_used).encode()),
+            (b"x-ratelimit-reset", f"{time.time() + left:.3f}".encode()),
+        ]
+        return (None if admitted else left), headers
+
+    def _admit_in_sliding_window(self, limit: RateLimit) -> float | None:
         now = anyio.current_time()
         admitted = self._admitted
         if len(admitted) == admitted.maxlen:
             # The oldest, admitted at t, counts until t + per: the sum, as a client's
             # window computes it (now - t can round to just under per).
-            counted_until = admitted[0] + self.rate_limit.per
+            counted_until = admitted[0] + limit.per
             if now < counted_until:
                 return counted_until - now
         admitted.append(now)
@@ -487,14 +549,35 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _success(data: dict[str, Any]) -> dict[str, Any]:
+def _success(
+    data: dict[str, Any], version: ApiVersion = "v2", account_sid: str = "fake-account"
+) -> dict[str, Any]:
+    if version == "v3":
+        response = {"code": 200, "status": "success", "call_details": _v3_call(data, account_sid)}
+    else:
+        v2_data = {key: value for key, value in data.items() if key != "legs_url"}
+        response = {"code": 200, "error_data": None, "status": "success", "data": v2_data}
     return {
         "request_id": secrets.token_hex(16),
         "method": "GET",
         "http_code": 200,
         "metadata": None,
-        "response": {"code": 200, "error_data": None, "status": "success", "data": data},
+        "response": response,
     }
+
+
+def _v3_call(data: dict[str, Any], account_sid: str) -> dict[str, Any]:
+    """v2's ``data`` as v3 sends it: fields renamed, v2's own left out, timestamps
+    with a space, the epoch for an end not yet known, and the legs' path."""
+    call = {V3_KEYS.get(key, key): value for key, value in data.items() if key not in _NOT_IN_V3}
+    for key in ("created_time", "end_time"):
+        if isinstance(call.get(key), str):
+            call[key] = _ISO_T.sub(" ", call[key])
+    if call.get("end_time") is None and call.get("state") == "active":
+        call["end_time"] = _V3_NOT_YET
+    if call.get("legs") is None:
+        call["legs"] = f"/v3/accounts/{account_sid}/calls/{call.get('sid')}/legs"
+    return call
 
 
 async def _send_envelope(
@@ -520,6 +603,17 @@ async def _send_envelope(
         },
     }
     return await _send_json(send, http_status, document, headers)
+
+
+async def _send_rest_exception(
+    send: Send, seconds: int, headers: Iterable[tuple[bytes, bytes]]
+) -> int:
+    exception = {
+        "Status": 429,
+        "Message": f"Rate limit exceeded. Try again in {seconds} seconds.",
+        "Code": "RATE_LIMIT_EXCEEDED",
+    }
+    return await _send_json(send, 429, {"RestException": exception}, headers)
 
 
 async def _send_json(
