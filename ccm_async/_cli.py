@@ -21,17 +21,21 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import click
 
 from ccm_async._version import __version__
 
 if TYPE_CHECKING:
+    from ccm_async._convert import ApiVersion
     from ccm_async._throttle import RateLimit
 
 __all__ = ["cli"]
+
+_F = TypeVar("_F", bound=Callable[..., object])
 
 
 # Help text is never re-wrapped to the terminal: its lines stay as written.
@@ -41,7 +45,8 @@ def cli() -> None:
     """Look up Exotel CCM call details in bulk.
 
     Credentials come from the environment: EXOTEL_API_KEY, EXOTEL_API_TOKEN,
-    EXOTEL_ACCOUNT_SID, and EXOTEL_REGION (sg or in) or EXOTEL_CCM_BASE_URL.
+    EXOTEL_ACCOUNT_SID, and EXOTEL_REGION (sg or in) or EXOTEL_CCM_BASE_URL;
+    EXOTEL_API_VERSION (v2 or v3) picks the API version.
     """
 
 
@@ -66,9 +71,25 @@ def _parse_rate(_: click.Context, __: click.Parameter, value: str | None) -> Rat
         raise click.BadParameter(str(exc)) from exc
 
 
+def _api_version_option(default: str | None) -> Callable[[_F], _F]:
+    return click.option(
+        "--api-version",
+        type=click.Choice(["v2", "v3"]),
+        default=default,
+        show_default=default is not None,
+        help=None if default else "The API version (default: EXOTEL_API_VERSION, else v2).",
+    )
+
+
+def _version_option(api_version: ApiVersion | None) -> dict[str, ApiVersion]:
+    # Given, it wins over EXOTEL_API_VERSION; not given, the environment decides.
+    return {} if api_version is None else {"api_version": api_version}
+
+
 @cli.command()
 @click.argument("sids", nargs=-1, required=True)
-def get(sids: tuple[str, ...]) -> None:
+@_api_version_option(None)
+def get(sids: tuple[str, ...], api_version: ApiVersion | None) -> None:
     """Print each call's details as one JSON object per line (the API's field names).
 
     Failures go to stderr, one line per SID; the status is 1 when any failed.
@@ -77,7 +98,7 @@ def get(sids: tuple[str, ...]) -> None:
     from ccm_async._cli_fetch import client_from_env
     from ccm_async._cli_get import run_get
 
-    sys.exit(run_get(client_from_env(), list(sids)))
+    sys.exit(run_get(client_from_env(**_version_option(api_version)), list(sids)))
 
 
 _DURATION_UNITS: Final = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -119,6 +140,7 @@ def _parse_duration(_: click.Context, __: click.Parameter, value: str) -> float:
     callback=_parse_duration,
     help="Wait out an account pause (429 Retry-After) up to this; longer stops the run.",
 )
+@_api_version_option(None)
 def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     sids: tuple[str, ...],
     input_: str | None,
@@ -131,6 +153,7 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     resume: bool,
     overwrite: bool,
     max_pause: float,
+    api_version: ApiVersion | None,
 ) -> None:
     """Fetch many calls into a job file (OUTPUT.db) or as JSON lines or CSV.
 
@@ -180,7 +203,12 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
         overwrite=overwrite,
         max_pause=max_pause,
     )
-    client = client_from_env(max_concurrency=concurrency, rate_limit=rate, retry=retry_for(rate))
+    client = client_from_env(
+        max_concurrency=concurrency,
+        rate_limit=rate,
+        retry=retry_for(rate),
+        **_version_option(api_version),
+    )
     sys.exit(run_fetch(client, options))
 
 
@@ -218,7 +246,15 @@ def export(job_file: str, output: str, format_: str | None, failed: bool, overwr
 @click.option("--latency-ms", type=click.FloatRange(0, 10_000), default=20.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--keep", is_flag=True, help="Keep the demo's directory (its job file) afterwards.")
-def demo(calls: int, fail_rate: float, latency_ms: float, concurrency: int, keep: bool) -> None:
+@_api_version_option("v2")
+def demo(  # noqa: PLR0917 - click passes every option positionally by name
+    calls: int,
+    fail_rate: float,
+    latency_ms: float,
+    concurrency: int,
+    keep: bool,
+    api_version: ApiVersion,
+) -> None:
     """Fetch CALLS calls from the built-in fake CCM API, with injected failures.
 
     Shows the whole path: progress, retries recovering the failures, the
@@ -234,6 +270,7 @@ def demo(calls: int, fail_rate: float, latency_ms: float, concurrency: int, keep
             latency_ms=latency_ms,
             concurrency=concurrency,
             keep=keep,
+            api_version=api_version,
         )
     )
 

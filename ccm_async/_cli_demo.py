@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
@@ -22,15 +23,23 @@ from ccm_async import AsyncCcmClient, RateLimit
 from ccm_async._cli_fetch import FetchOptions, fetch_and_summarize
 from ccm_async._cli_status import run_status
 from ccm_async._cli_summary import stderr_console
+from ccm_async._convert import ApiVersion
 from ccm_async.testing import FakeCcm, Fault
 
 __all__ = ["run_demo", "serve_fake"]
 
 
 def run_demo(
-    *, calls: int, fail_rate: float, latency_ms: float, concurrency: int, keep: bool
+    *,
+    calls: int,
+    fail_rate: float,
+    latency_ms: float,
+    concurrency: int,
+    keep: bool,
+    api_version: ApiVersion = "v2",
 ) -> int:
-    """Fetch ``calls`` generated calls from the fake API into a job file; the exit status."""
+    """Fetch ``calls`` generated calls from the fake API (its ``api_version`` paths)
+    into a job file; the exit status."""
     fake = FakeCcm(generate=True, latency=latency_ms / 1000, seed=1)
     # Never more failures for one SID than retries, so every SID recovers.
     fake.fail_randomly(Fault.server_error(), rate=fail_rate * 0.6, max_per_sid=2)
@@ -38,30 +47,32 @@ def run_demo(
     fake.fail_randomly(Fault.disconnect(), rate=fail_rate * 0.2, max_per_sid=2)
     stderr_console().print(
         f"demo: {calls:,} calls from the fake CCM API ({latency_ms:g} ms latency, "
-        f"{fail_rate:.0%} injected failures: 500s, 429s, dropped connections)"
+        f"{fail_rate:.0%} injected failures: 500s, 429s, dropped connections; "
+        f"API {api_version})"
     )
     out_dir = Path(tempfile.mkdtemp(prefix="ccm-async-demo-"))
     try:
-        return _demo(fake, out_dir, calls=calls, concurrency=concurrency, keep=keep)
+        client_options = {"max_concurrency": concurrency, "api_version": api_version}
+        return _demo(fake, out_dir, calls=calls, client_options=client_options, keep=keep)
     finally:
         if not keep:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _demo(fake: FakeCcm, out_dir: Path, *, calls: int, concurrency: int, keep: bool) -> int:
+def _demo(
+    fake: FakeCcm, out_dir: Path, *, calls: int, client_options: dict[str, Any], keep: bool
+) -> int:
     """Serve ``fake``, fetch from it into ``out_dir``'s job file, show its status."""
     options = FetchOptions(
         input=str(_demo_input(out_dir, calls)),
         output=str(out_dir / "calls.db"),
-        concurrency=concurrency,
+        concurrency=client_options["max_concurrency"],
     )
     err = stderr_console()
 
     async def serve_and_fetch() -> int:
         async with fake.serve() as base_url:
-            client = AsyncCcmClient(
-                **fake.credentials, base_url=base_url, max_concurrency=concurrency
-            )
+            client = AsyncCcmClient(**fake.credentials, base_url=base_url, **client_options)
             return await fetch_and_summarize(client, options)
 
     status = anyio.run(serve_and_fetch)

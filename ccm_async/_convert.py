@@ -342,10 +342,9 @@ def _rest_exception_error(rest_exception: dict[str, Any], answer: ErrorAnswer) -
     # Its Code is a word (RATE_LIMIT_EXCEEDED), not a number: kept in the message.
     message = _str_or_none(rest_exception.get("Message"))
     word = _str_or_none(rest_exception.get("Code"))
-    if word and message:
-        message = f"{message} ({word})"
+    text = f"{message} ({word})" if message and word else message or word
     status = _error_status(rest_exception.get("Status"), answer.http_status)
-    return api_error(attrs.evolve(answer, message=message or word), status=status)
+    return api_error(attrs.evolve(answer, message=_str_or_none(text)), status=status)
 
 
 def _the_call_asked_for(call: CallDetails, call_sid: str) -> CallDetails:

@@ -4,11 +4,12 @@ import asyncio
 import bisect
 import json
 import selectors
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpcore
 import httpx
 import pytest
@@ -36,6 +37,13 @@ async def stand_in_client(
             http_client=http_client,
             **options,
         )
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Let other tasks run until ``predicate()`` holds (bounded by a guard timeout)."""
+    with anyio.fail_after(10):
+        while not predicate():  # noqa: ASYNC110 - a condition owned by another thread
+            await anyio.sleep(0.001)
 
 
 class CountingBackend(httpcore.AsyncNetworkBackend):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 
 import anyio
 import httpcore
@@ -25,16 +25,9 @@ from ccm_async import (
 )
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
-from .conftest import CountingBackend
+from .conftest import CountingBackend, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Let other tasks run until ``predicate()`` holds (bounded by a guard timeout)."""
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - a condition owned by another thread
-            await anyio.sleep(0.001)
 
 
 async def test_get_calls_in_input_order_with_failures() -> None:
