@@ -26,6 +26,9 @@ _EPOCH_FROM: Final = 1e9
 _LONGEST_WINDOW: Final = 86_400.0
 _SAME_WINDOW: Final = 0.5
 """Resets this close are one window's: whole seconds, read at different moments."""
+_GRACE: Final = 0.02
+"""Seconds past the reset before a send counts on the new window: the reset is
+read off another clock, and rounded."""
 
 
 @attrs.frozen
@@ -71,7 +74,7 @@ class HeaderPacer:
 
     def observe(self, window: RateWindow) -> None:
         """Take in what a response said; a response from an earlier window is ignored."""
-        reset_at = anyio.current_time() + window.reset_in
+        reset_at = anyio.current_time() + window.reset_in + _GRACE
         if reset_at > self._reset_at + _SAME_WINDOW:
             self._reset_at, self._remaining = reset_at, window.remaining
         elif reset_at >= self._reset_at - _SAME_WINDOW:
@@ -81,8 +84,10 @@ class HeaderPacer:
 
     async def acquire(self) -> bool:
         """Wait for this send's turn in the window; True when that meant waiting."""
-        if not self._lock.locked() and anyio.current_time() >= self._reset_at:
+        now = anyio.current_time()
+        if not self._lock.locked() and now >= self._reset_at:
             self._in_flight += 1  # no window known: the common case costs nothing
+            self._last_send = now
             return False
         waited = self._lock.locked()
         async with self._lock:
@@ -101,8 +106,9 @@ class HeaderPacer:
         self._changed()
 
     def _delay(self) -> float:
-        """Seconds until the next send may go: 0 once the window is over or its
-        share of the time left has passed since the last send."""
+        """Seconds until the next send may go: 0 once the window is over; else the
+        ``allowed`` sends still to come are spaced evenly between the last send
+        and the reset, the last of them short of it."""
         now = anyio.current_time()
         left = self._reset_at - now
         if left <= 0:
@@ -110,7 +116,8 @@ class HeaderPacer:
         allowed = self._remaining - self._in_flight
         if allowed <= 0:
             return left
-        return max(0.0, self._last_send + left / allowed - now)
+        spacing = (self._reset_at - self._last_send) / (allowed + 1)
+        return max(0.0, self._last_send + spacing - now)
 
     def _changed(self) -> None:
         if self._change is not None:

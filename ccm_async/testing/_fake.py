@@ -456,7 +456,8 @@ class FakeCcm:
         headers = [
             (b"x-ratelimit-limit", str(limit.requests).encode()),
             (b"x-ratelimit-remaining", str(limit.requests - self._window_used).encode()),
-            (b"x-ratelimit-reset", f"{time.time() + left:.3f}".encode()),
+            # Rounded up: a client that waits for it never comes early.
+            (b"x-ratelimit-reset", f"{math.ceil((time.time() + left) * 1000) / 1000:.3f}".encode()),
         ]
         return (None if admitted else left), headers
 

@@ -1,0 +1,147 @@
+"""Pacing by the server's X-RateLimit-Remaining and X-RateLimit-Reset headers.
+
+FakeCcm with ``rate_limit_headers`` keeps a fixed window and sends the headers;
+the tests count, from its log of arrivals, the 429s after the first window and
+how much of each window the client used. In-process runs are on a virtual
+clock; one runs over a socket in real time, as the issue's measurement does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import anyio
+import pytest
+
+from ccm_async import AsyncCcmClient, RateLimit, RetryPolicy
+from ccm_async._pacing import HeaderPacer, RateWindow, parse_rate_window
+from ccm_async.testing import FakeCcm, RecordedRequest
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_764_700_000.0  # epoch seconds of a test's "now"
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset", "expected"),
+    [
+        ("150", str(int(NOW) + 30), RateWindow(150, 30.0)),
+        (" 0 ", f"{NOW + 1.25:.3f}", RateWindow(0, 1.25)),
+        ("7", "45", RateWindow(7, 45.0)),  # a delay, as some servers send it
+        ("7", "0", RateWindow(7, 0.0)),
+        (None, "45", None),
+        ("7", None, None),
+        ("seven", "45", None),
+        ("7", "soon", None),
+        ("-1", "45", None),
+        ("7", "nan", None),
+        ("7", "inf", None),
+        ("7", str(NOW - 5), None),  # a reset in the past
+        ("7", str(NOW + 2 * 86_400), None),  # further than a day
+        ("7", "-3", None),
+        ("1" * 40, "45", None),
+    ],
+)
+def test_parse_rate_window(remaining: str | None, reset: str | None, expected: object) -> None:
+    assert parse_rate_window(remaining, reset, now=NOW) == expected
+
+
+async def test_a_response_from_an_earlier_window_is_ignored() -> None:
+    pacer = HeaderPacer()
+    pacer.observe(RateWindow(remaining=50, reset_in=10.0))
+    pacer.observe(RateWindow(remaining=80, reset_in=10.2))  # the same window: fewest left wins
+    pacer.observe(RateWindow(remaining=0, reset_in=2.0))  # an older window's late answer
+    assert pacer._remaining == 50
+    pacer.observe(RateWindow(remaining=99, reset_in=20.0))  # a new window
+    assert pacer._remaining == 99
+
+
+def _windows(requests: Sequence[RecordedRequest], per: float) -> list[list[int]]:
+    """The statuses answered in each of the fake's fixed windows, as it opened them."""
+    windows: list[list[int]] = []
+    window_end = -math.inf
+    for request in sorted(requests, key=lambda r: r.time):
+        if request.time >= window_end:
+            window_end = request.time + per
+            windows.append([])
+        windows[-1].append(request.status)
+    return windows
+
+
+def _assert_paced(fake: FakeCcm, limit: RateLimit, *, share: float = 0.9) -> None:
+    windows = _windows(fake.requests, limit.per)
+    assert len(windows) >= 4
+    for window in windows[1:]:
+        assert 429 not in window
+    for window in windows[:-1]:
+        admitted = sum(status != 429 for status in window)
+        assert limit.requests * share <= admitted <= limit.requests
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize(
+    "configured", [None, RateLimit(requests=1000, per=1.0)], ids=["alone", "with-a-looser-limit"]
+)
+async def test_the_headers_pace_a_bulk_fetch(configured: RateLimit | None) -> None:
+    limit = RateLimit(requests=100, per=1.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True, latency=0.002)
+    async with fake.client(max_concurrency=32, rate_limit=configured) as client:
+        results = await client.get_calls([f"s{i}" for i in range(550)])
+    assert all(result.ok for result in results)
+    _assert_paced(fake, limit)
+    assert client.stats.rate_limit_waits > 0
+
+
+@pytest.mark.virtual_clock
+async def test_a_stricter_configured_limit_wins() -> None:
+    fake = FakeCcm(
+        generate=True,
+        rate_limit=RateLimit(requests=100, per=1.0),
+        rate_limit_headers=True,
+        latency=0.002,
+    )
+    stricter = RateLimit(requests=40, per=1.0)
+    async with fake.client(rate_limit=stricter) as client:
+        results = await client.get_calls([f"s{i}" for i in range(200)])
+    assert all(result.ok for result in results)
+    times = sorted(request.time for request in fake.requests)
+    assert all(status != 429 for status in (r.status for r in fake.requests))
+    # No second holds more than the configured 40.
+    for i in range(len(times) - stricter.requests):
+        assert times[i + stricter.requests] - times[i] >= stricter.per - 1e-9
+
+
+@pytest.mark.virtual_clock
+async def test_without_the_headers_nothing_is_held_back() -> None:
+    fake = FakeCcm(generate=True, latency=0.002)
+    async with fake.client(max_concurrency=8) as client:
+        started = anyio.current_time()
+        await client.get_calls([f"s{i}" for i in range(400)])
+        elapsed = anyio.current_time() - started
+    assert client.stats.rate_limit_waits == 0
+    # 400 lookups, 8 at a time, 2 ms each: 50 rounds of 2 ms, nothing more.
+    assert elapsed == pytest.approx(0.1, rel=0.05)
+
+
+@pytest.mark.virtual_clock
+async def test_an_empty_window_waits_for_its_reset() -> None:
+    limit = RateLimit(requests=5, per=1.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True)
+    async with fake.client(max_concurrency=1, retry=RetryPolicy(attempts=1)) as client:
+        results = await client.get_calls([f"s{i}" for i in range(12)])
+    assert all(result.ok for result in results)
+    assert [len(window) for window in _windows(fake.requests, limit.per)] == [5, 5, 2]
+
+
+async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
+    # The issue's measurement: Exotel's 200 a minute, a hundred times faster.
+    limit = RateLimit(requests=200, per=2.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True)
+    async with (
+        fake.serve() as base_url,
+        AsyncCcmClient(**fake.credentials, base_url=base_url, max_concurrency=32) as client,
+    ):
+        results = await client.get_calls([f"s{i}" for i in range(900)])
+    assert all(result.ok for result in results)
+    _assert_paced(fake, limit)
