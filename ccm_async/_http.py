@@ -1,9 +1,9 @@
 """The HTTP exchange behind one seam: ``await engine.get(url, call_sid)`` -> :class:`Reply`.
 
 An engine sends one GET (no redirects), reads the body within the cap, gunzips
-it and reads ``Retry-After``; every failure to get a response becomes a
-:class:`TransportError` (a :class:`RequestTimeoutError` for timeouts) with the
-original as its cause. The engines, chosen by the client's ``transport=`` and
+it and reads ``Retry-After`` and the rate-limit headers (``_pacing``); every
+failure to get a response becomes a :class:`TransportError` (a
+:class:`RequestTimeoutError` for timeouts) with the original as its cause. The engines, chosen by the client's ``transport=`` and
 ``http_client=``:
 
 - :class:`PoolEngine` (default): an httpcore pool of our own, fed httpcore

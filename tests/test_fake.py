@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import anyio
@@ -144,3 +145,58 @@ async def test_rate_limit_retry_after_is_whole_seconds_the_client_reads() -> Non
         with pytest.raises(RateLimitError) as info:
             await client.get_call("s2")
     assert info.value.retry_after == 1.0
+
+
+async def test_both_versions_are_served_from_the_same_calls() -> None:
+    fake = FakeCcm()
+    fake.add_call(CallDetails(call_sid="ringing", call_state="active", direction="inbound"))
+    fake.add_call({"call_sid": "odd", "call_state": 5, "start_time": "2024-01-01T10:00:00+05:30"})
+    authorization = Credentials(**fake.credentials).authorization()
+    base = f"/accounts/{fake.account_sid}/calls"
+    v2 = (await _raw(fake, "GET", f"/v2{base}/ringing", authorization=authorization)).json()
+    v3 = (await _raw(fake, "GET", f"/v3{base}/ringing", authorization=authorization)).json()
+    assert "legs_url" not in v2["response"]["data"]
+    assert v2["response"]["data"]["call_sid"] == "ringing"
+    details = v3["response"]["call_details"]
+    assert "data" not in v3["response"]
+    assert details["sid"] == "ringing"
+    assert details["state"] == "active"
+    assert details["status"] is None
+    assert details["end_time"] == "1970-01-01 05:30:00+05:30"
+    assert details["legs"] == f"/v3{base}/ringing/legs"
+    assert details["direction"] == "inbound"
+    assert not {"call_sid", "call_state", "call_status", "start_time", "updated_time"} & set(
+        details
+    )
+    odd = (await _raw(fake, "GET", f"/v3{base}/odd", authorization=authorization)).json()
+    assert odd["response"]["call_details"]["state"] == 5  # served as malformed as given
+    assert "start_time" not in odd["response"]["call_details"]
+    missing = await _raw(fake, "GET", f"/v3{base}/nowhere", authorization=authorization)
+    assert missing.status_code == 404
+    assert missing.json()["response"]["error_data"]["code"] == 10744
+    v4 = await _raw(fake, "GET", f"/v4{base}/ringing", authorization=authorization)
+    assert v4.status_code == 404
+
+
+async def test_rate_limit_headers_and_their_429() -> None:
+    limit = RateLimit(requests=2, per=30.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True)
+    authorization = Credentials(**fake.credentials).authorization()
+    path = f"/v3/accounts/{fake.account_sid}/calls/s1"
+    before = time.time()
+    answers = [await _raw(fake, "GET", path, authorization=authorization) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert [answer.headers["x-ratelimit-remaining"] for answer in answers] == ["1", "0", "0"]
+    assert {answer.headers["x-ratelimit-limit"] for answer in answers} == {"2"}
+    for answer in answers:
+        reset = float(answer.headers["x-ratelimit-reset"])
+        assert before + 29 <= reset <= time.time() + 30.001
+    limited = answers[-1]
+    assert limited.headers["retry-after"] == "30"
+    exception = limited.json()["RestException"]
+    assert exception["Status"] == 429
+    assert exception["Code"] == "RATE_LIMIT_EXCEEDED"
+    assert (
+        exception["Message"]
+        == f"Rate limit exceeded. Try again in {limited.headers['retry-after']} seconds."
+    )

@@ -36,6 +36,10 @@ async def lookups() -> None:
         terminal: bool = call.is_terminal or call.call_state == CallState.TERMINAL
         urls: list[str | None] = [recording.url for recording in call.recordings]
         del started, talk, terminal, urls
+    async with AsyncCcmClient(api_key="k", api_token="t", account_sid="a", api_version="v3") as v3:
+        legs: str | None = (await v3.get_call("x")).legs_url
+        version: str = v3.api_version
+        del legs, version
     try:
         await AsyncCcmClient.from_env(timeout=httpx.Timeout(3.0)).get_call("x")
     except CallNotFoundError as exc:
@@ -55,6 +59,8 @@ async def lookups() -> None:
 
 async def with_the_fake() -> None:
     fake = FakeCcm(generate=True, latency=(0.001, 0.002))
+    paced = FakeCcm(rate_limit=RateLimit(requests=200, per=60.0), rate_limit_headers=True)
+    del paced
     fake.fail("abc", Fault.server_error(3042), times=2)
     fake.fail_randomly(Fault.rate_limited(retry_after=1), rate=0.01, max_per_sid=1)
     async with fake.client(max_concurrency=8) as ccm:
