@@ -3,8 +3,8 @@
 An engine sends one GET (no redirects), reads the body within the cap, gunzips
 it and reads ``Retry-After`` and the rate-limit headers (``_pacing``); every
 failure to get a response becomes a :class:`TransportError` (a
-:class:`RequestTimeoutError` for timeouts) with the original as its cause. The engines, chosen by the client's ``transport=`` and
-``http_client=``:
+:class:`RequestTimeoutError` for timeouts) with the original as its cause. The
+engines, chosen by the client's ``transport=`` and ``http_client=``:
 
 - :class:`PoolEngine` (default): an httpcore pool of our own, fed httpcore
   requests directly: no httpx Request/Response objects, auth flow, cookies or
