@@ -6,7 +6,10 @@ seconds) on responses. When both come, :class:`HeaderPacer` spreads the
 remaining requests evenly over the time to the reset instead of running into
 429s; requests in flight count as spent, since the server may have counted
 them already. When the headers do not come, or their window has passed,
-nothing is held back. It works beside a configured ``RateLimit`` or the
+nothing is held back. Nor is a send whose turn is more than a minute away (a
+day's quota spent): it goes, and the server's 429 decides, whose
+``Retry-After`` pauses the client or fails a lookup at once; a header never
+makes a lookup hang. It works beside a configured ``RateLimit`` or the
 adaptive rate (``_throttle``), whichever is stricter holding a send back.
 """
 
@@ -26,6 +29,8 @@ _EPOCH_FROM: Final = 1e9
 _LONGEST_WINDOW: Final = 86_400.0
 _SAME_WINDOW: Final = 0.5
 """Resets this close are one window's: whole seconds, read at different moments."""
+_LONGEST_WAIT: Final = 60.0
+"""The longest wait for a turn; a longer one is left to the server's 429."""
 _GRACE: Final = 0.02
 """Seconds past the reset before a send counts on the new window: the reset is
 read off another clock, and rounded."""
@@ -74,8 +79,9 @@ class HeaderPacer:
 
     def observe(self, window: RateWindow) -> None:
         """Take in what a response said; a response from an earlier window is ignored."""
-        reset_at = anyio.current_time() + window.reset_in + _GRACE
-        if reset_at > self._reset_at + _SAME_WINDOW:
+        now = anyio.current_time()
+        reset_at = now + window.reset_in + _GRACE
+        if now >= self._reset_at or reset_at > self._reset_at + _SAME_WINDOW:
             self._reset_at, self._remaining = reset_at, window.remaining
         elif reset_at >= self._reset_at - _SAME_WINDOW:
             # Answers come back out of order: the fewest left is the latest count.
@@ -91,7 +97,7 @@ class HeaderPacer:
             return False
         waited = self._lock.locked()
         async with self._lock:
-            while (delay := self._delay()) > 0:
+            while 0 < (delay := self._delay()) <= _LONGEST_WAIT:
                 waited = True
                 self._change = anyio.Event()
                 with anyio.move_on_after(delay):

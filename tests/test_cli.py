@@ -8,12 +8,14 @@ what real files and pipes do to a fetch in test_cli_files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -330,12 +332,18 @@ async def test_demo_recovers_its_failures_into_a_job_file_and_cleans_up(tmp_path
     assert "ok 300, not found 0, failed 0, pending 0" in done.stdout.decode()  # its status
     assert not list(tmp_path.iterdir())
     assert "(--keep keeps it)" in summary
-    done = await ccm(env, *args, "--keep")
+    assert "API v2)" in summary
+    done = await ccm(env, *args, "--keep", "--api-version", "v3")
     assert done.returncode == 0, done.stderr
+    assert "API v3)" in done.stderr.decode()
     [job] = tmp_path.glob("ccm-async-demo-*/calls.db")
     assert f"kept: {job.parent}" in done.stderr.decode()
     status = await ccm(env, "status", str(job))
     assert "ok 300, not found 0, failed 0, pending 0" in status.stdout.decode()
+    with contextlib.closing(sqlite3.connect(job)) as db:
+        calls = [json.loads(call) for (call,) in db.execute("SELECT call FROM calls")]
+    assert len(calls) == 300
+    assert all(call["legs_url"].endswith(f"/calls/{call['call_sid']}/legs") for call in calls)
 
 
 async def test_fake_server_prints_its_own_credentials() -> None:

@@ -25,6 +25,7 @@ from ccm_async import (
     AsyncCcmClient,
     CallNotFoundError,
     ConfigurationError,
+    RateLimit,
     RateLimitError,
     RequestTimeoutError,
     ResponseFormatError,
@@ -225,6 +226,18 @@ async def test_retry_after_is_read(engine: Engine) -> None:
                 await client.get_call("busy-date")
     assert info.value.retry_after == 7.0
     assert dated.value.retry_after == 0.0  # a date in the past: no wait
+
+
+async def test_rate_limit_headers_are_read(engine: Engine) -> None:
+    fake = FakeCcm(
+        generate=True, rate_limit=RateLimit(requests=4, per=0.4), rate_limit_headers=True
+    )
+    async with fake_client(engine, fake, max_concurrency=1) as client:
+        results = await client.get_calls([f"s{i}" for i in range(10)])
+        waits = client.stats.rate_limit_waits
+    assert all(result.ok for result in results)
+    assert {request.status for request in fake.requests} == {200}  # paced: no 429
+    assert waits > 0
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -19,14 +21,19 @@ from ccm_async import (
     CcmError,
     ResponseFormatError,
 )
+from ccm_async._pacing import HeaderPacer, parse_rate_window
 from ccm_async._retry_after import parse_retry_after
 
 from .conftest import stand_in_client
 
 pytestmark = pytest.mark.anyio
 
-SAMPLE = json.loads((Path(__file__).parent / "fixtures" / "sample_response.json").read_text())
+FIXTURES = Path(__file__).parent / "fixtures"
+SAMPLE = json.loads((FIXTURES / "sample_response.json").read_text())
 SID = SAMPLE["response"]["data"]["call_sid"]
+# v3's sample, about the same call: a v3 lookup of SID may get a call back.
+V3_SAMPLE = json.loads((FIXTURES / "v3_sample_response.json").read_text())
+V3_SAMPLE["response"]["call_details"]["sid"] = SID
 LONGEST_MESSAGE = 1000
 
 json_leaves = (
@@ -63,7 +70,18 @@ def mutated(draw: st.DrawFn, value: Any) -> Any:
 
 
 def envelope_bodies() -> st.SearchStrategy[bytes]:
-    return mutated(copy.deepcopy(SAMPLE)).map(lambda doc: json.dumps(doc).encode())
+    samples = st.sampled_from([SAMPLE, V3_SAMPLE]).map(copy.deepcopy)
+    return samples.flatmap(mutated).map(lambda doc: json.dumps(doc).encode())
+
+
+def rest_exception_bodies() -> st.SearchStrategy[bytes]:
+    """Exotel's other error shape, its parts of any type and size."""
+    texts = st.text(max_size=3000) | json_values
+    fields = st.fixed_dictionaries(
+        {"Status": st.sampled_from([404, 429, 500]) | json_values, "Message": texts, "Code": texts}
+    )
+    exception = fields | json_values
+    return exception.map(lambda value: json.dumps({"RestException": value}).encode())
 
 
 def error_bodies() -> st.SearchStrategy[bytes]:
@@ -112,6 +130,7 @@ def huge_number_bodies() -> st.SearchStrategy[bytes]:
 bodies = st.one_of(
     envelope_bodies(),
     error_bodies(),
+    rest_exception_bodies(),
     truncated_bodies(),
     st.binary(max_size=300),
     json_values.map(lambda value: json.dumps(value).encode()),
@@ -119,7 +138,11 @@ bodies = st.one_of(
     huge_number_bodies(),
     st.just(b"<html><body>502 Bad Gateway</body></html>"),
 )
-header_values = st.binary(max_size=40) | st.integers(-5, 10**7).map(lambda n: str(n).encode())
+header_values = (
+    st.binary(max_size=40)
+    | st.integers(-5, 10**7).map(lambda n: str(n).encode())
+    | st.floats().map(lambda x: str(x).encode())
+)
 
 
 @st.composite
@@ -129,7 +152,14 @@ def responses(draw: st.DrawFn) -> tuple[int, dict[bytes, bytes], bytes]:
     headers = draw(
         st.dictionaries(
             st.sampled_from(
-                [b"retry-after", b"content-length", b"content-type", b"content-encoding"]
+                [
+                    b"retry-after",
+                    b"content-length",
+                    b"content-type",
+                    b"content-encoding",
+                    b"x-ratelimit-remaining",
+                    b"x-ratelimit-reset",
+                ]
             ),
             header_values,
         )
@@ -144,7 +174,11 @@ async def fetch(status: int, headers: dict[bytes, bytes], body: bytes) -> CallDe
     def answer(_: httpx.Request) -> httpx.Response:
         return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
 
-    async with stand_in_client(httpx.MockTransport(answer), retry=None) as client:
+    # Each version reads the other's bodies too, as a wrong api_version would.
+    api_version = "v3" if b"call_details" in body else "v2"
+    async with stand_in_client(
+        httpx.MockTransport(answer), retry=None, api_version=api_version
+    ) as client:
         return await client.get_call(SID)
 
 
@@ -191,3 +225,32 @@ async def test_any_response_is_a_call_or_a_ccm_error(
 def test_any_retry_after_is_a_wait_or_none(value: str) -> None:
     seconds = parse_retry_after(value)
     assert seconds is None or seconds >= 0.0
+
+
+rate_header_values = (
+    st.text(max_size=30)
+    | st.binary(max_size=30).map(lambda raw: raw.decode("latin-1"))
+    | st.integers(-(10**12), 10**12).map(str)
+    | st.floats().map(str)
+    | st.floats(0, 3 * 86_400).map(lambda seconds: f"{time.time() + seconds:.3f}")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(rate_header_values, rate_header_values), max_size=5))
+@pytest.mark.virtual_clock
+async def test_no_rate_limit_headers_hold_a_send_for_over_a_minute(
+    pairs: list[tuple[str, str]],
+) -> None:
+    pacer = HeaderPacer()
+    for remaining, reset in pairs:
+        window = parse_rate_window(remaining, reset)
+        if window is None:
+            continue
+        assert window.remaining >= 0
+        assert 0.0 <= window.reset_in <= 86_400.0
+        pacer.observe(window)
+    started = anyio.current_time()
+    for _ in range(3):
+        await pacer.acquire()
+    assert anyio.current_time() - started <= 3 * 60.1

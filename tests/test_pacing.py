@@ -145,3 +145,16 @@ async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
         results = await client.get_calls([f"s{i}" for i in range(900)])
     assert all(result.ok for result in results)
     _assert_paced(fake, limit)
+
+
+@pytest.mark.virtual_clock
+async def test_a_turn_more_than_a_minute_away_is_not_waited_for() -> None:
+    pacer = HeaderPacer()
+    pacer.observe(RateWindow(remaining=0, reset_in=3600.0))  # a day's quota, spent
+    started = anyio.current_time()
+    assert not await pacer.acquire()
+    assert anyio.current_time() == started
+    pacer = HeaderPacer()
+    pacer.observe(RateWindow(remaining=0, reset_in=30.0))  # a minute's: waited out
+    assert await pacer.acquire()
+    assert anyio.current_time() - started == pytest.approx(30.02)
