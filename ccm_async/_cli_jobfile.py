@@ -146,14 +146,12 @@ class JobFile:
     _uncommitted: list[CallResult] = attrs.field(factory=list[CallResult])
     _last_commit: float = attrs.field(factory=time.monotonic)
 
-    def add(self, sids: Iterable[str]) -> int:
-        """Add new SIDs as ``pending`` (known ones are left as they are); how many were new."""
-        before = self._db.total_changes
+    def add(self, sids: Iterable[str]) -> None:
+        """Add new SIDs as ``pending`` (known ones are left as they are)."""
         with self._transaction():
             self._db.executemany(
                 "INSERT OR IGNORE INTO calls (call_sid) VALUES (?)", ((sid,) for sid in sids)
             )
-        return self._db.total_changes - before
 
     def to_fetch(self) -> int:
         """How many SIDs are ``pending`` or ``failed``."""

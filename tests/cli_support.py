@@ -41,6 +41,12 @@ async def ccm(
     return done
 
 
+def catches(pid: int, number: int) -> bool:
+    """Whether process ``pid`` has a handler for signal ``number`` (Linux's SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(status.split("SigCgt:")[1].split()[0], 16) & (1 << (number - 1)))
+
+
 def unmeasured(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` for a process the test kills: a killed process's half-written coverage data
     would spoil the report, so it measures nothing."""

@@ -17,15 +17,9 @@ import anyio
 import pytest
 
 from ccm_async.testing import FakeCcm
-from tests.cli_support import COMMAND, TOKEN, ccm, environment_for, job_rows, sids_of
+from tests.cli_support import COMMAND, TOKEN, catches, ccm, environment_for, job_rows, sids_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
-
-
-def caught(pid: int, number: int) -> bool:
-    """Whether process ``pid`` has a handler for signal ``number`` (Linux's SigCgt mask)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return bool(int(status.split("SigCgt:")[1].split()[0], 16) & (1 << (number - 1)))
 
 
 def no_traceback(done: object) -> None:
@@ -203,7 +197,7 @@ async def test_odd_outputs_fifos_devices_and_closed_streams(
         [*COMMAND, "fetch", good, "-o", str(fifo)], env=env
     ) as process:
         with anyio.fail_after(30):
-            while not caught(process.pid, signal.SIGTERM):  # noqa: ASYNC110
+            while not catches(process.pid, signal.SIGTERM):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
@@ -221,7 +215,7 @@ async def test_signals_early_and_twice_exit_by_the_convention(tmp_path: Path) ->
         # after SIGINT's; the interpreter catches SIGINT from its own start).
         async with await anyio.open_process(args, env=env) as process:
             with anyio.fail_after(30):
-                while not caught(process.pid, signal.SIGTERM):  # noqa: ASYNC110
+                while not catches(process.pid, signal.SIGTERM):  # noqa: ASYNC110
                     await anyio.sleep(0.001)
             process.send_signal(signal.SIGINT)
             assert process.stderr is not None

@@ -25,6 +25,7 @@ from ccm_async.testing import FakeCcm
 from tests.cli_support import (
     COMMAND,
     TOKEN,
+    catches,
     ccm,
     environment_for,
     fetched_sids,
@@ -289,18 +290,11 @@ async def test_pipes_process_substitution_and_fifos_are_read_once(
     args[-1] = str(tmp_path / "never.jsonl")
     async with await anyio.open_process(args, env=env) as process:
         with anyio.fail_after(30):
-            while not catches_sigterm(process.pid):  # noqa: ASYNC110
+            while not catches(process.pid, signal.SIGTERM):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await process.wait() == 143
-
-
-def catches_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has its SIGTERM handler installed (Linux's SigCgt mask)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    caught = int(status.split("SigCgt:")[1].split()[0], 16)
-    return bool(caught & (1 << (signal.SIGTERM - 1)))
 
 
 @pytest.mark.parametrize(
