@@ -18,7 +18,14 @@ from typing import Final
 import anyio
 
 from ccm_async._convert import decode_response
-from ccm_async._errors import ApiError, RateLimitError, TransportError
+from ccm_async._errors import (
+    ApiError,
+    CcmError,
+    RateLimitError,
+    TransportError,
+    redact,
+    redact_body,
+)
 from ccm_async._loops import current_loop
 from ccm_async._models import CallDetails, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, is_retryable
@@ -92,6 +99,14 @@ class Attempts:
                 raise lookup.deadline_error()
 
     async def _exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
+        """One request and its decoding, its error without the credentials' texts."""
+        try:
+            return await self._fed_back_exchange(call_sid, attempt, permit)
+        except CcmError as exc:
+            redact(exc, self._setup.secrets)
+            raise
+
+    async def _fed_back_exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
         """One request and its decoding, fed back to the budget and the limiter."""
         started = anyio.current_time()
         status: int | str = "no response"
@@ -105,11 +120,12 @@ class Attempts:
                 permit.end()
             status = reply.status
             self._counters.responses[status] += 1
-            if reply.rate_window is not None:
+            # The API's own answers only: a 5xx may be a gateway's or another backend's.
+            if reply.rate_window is not None and status < 500:
                 self._throttle.pacer.observe(reply.rate_window)
             call = decode_response(
                 status,
-                reply.body,
+                redact_body(reply.body, self._setup.secrets),
                 call_sid=call_sid,
                 retry_after=reply.retry_after,
                 api_version=self._setup.api_version,

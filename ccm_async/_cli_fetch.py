@@ -82,7 +82,8 @@ class FetchOptions:
         """Where failed SIDs go (a JSON lines or CSV fetch)."""
         if self.errors:
             return self.errors
-        return f"{self.output}.errors.tsv" if self.output else "ccm-async-errors.tsv"
+        to_stdout = self.output in (None, "-")
+        return "ccm-async-errors.tsv" if to_stdout else f"{self.output}.errors.tsv"
 
 
 def client_from_env(**options: Any) -> AsyncCcmClient:

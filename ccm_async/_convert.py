@@ -343,7 +343,7 @@ def _rest_exception_error(rest_exception: dict[str, Any], answer: ErrorAnswer) -
     message = _str_or_none(rest_exception.get("Message"))
     word = _str_or_none(rest_exception.get("Code"))
     text = f"{message} ({word})" if message and word else message or word
-    status = _error_status(rest_exception.get("Status"), answer.http_status)
+    status = _error_status(_error_code(rest_exception.get("Status")), answer.http_status)
     return api_error(attrs.evolve(answer, message=_str_or_none(text)), status=status)
 
 

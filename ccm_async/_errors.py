@@ -23,6 +23,7 @@ load balancer's HTML page), the HTTP status does.
 
 from __future__ import annotations
 
+import json
 import reprlib
 import traceback
 from typing import Any, cast
@@ -47,6 +48,8 @@ __all__ = [
     "api_error",
     "forget_frames",
     "one_line",
+    "redact",
+    "redact_body",
     "shown",
 ]
 
@@ -249,6 +252,45 @@ def _summary(answer: ErrorAnswer, *, status: int, from_api: bool, cls: type[ApiE
         summary += f" [call_sid={answer.call_sid}"
         summary += f", request_id={one_line(answer.request_id)}]" if answer.request_id else "]"
     return summary
+
+
+_REDACTED = "[redacted]"
+
+
+def redact(exc: CcmError, secrets: tuple[str, ...]) -> None:
+    """Take ``secrets`` out of the message and the text attributes of ``exc``.
+
+    A server (or a proxy) may echo the request's ``Authorization`` header into
+    its answer, and its texts go into messages, logs and results.
+    """
+    texts = [arg for arg in exc.args if isinstance(arg, str)]
+    texts += [value for value in vars(exc).values() if isinstance(value, str)]
+    if not any(secret in text for secret in secrets for text in texts):
+        return
+    exc.args = tuple(_without(arg, secrets) for arg in exc.args)
+    for name, value in vars(exc).items():
+        if isinstance(value, str):
+            setattr(exc, name, _without(value, secrets))
+
+
+def redact_body(body: bytes, secrets: tuple[str, ...]) -> bytes:
+    """``body`` with ``secrets`` taken out, as they are and JSON-escaped, before any
+    of its text is read: a message quotes a bounded part of a value, and a part
+    of the header's base64 gives most of the token away."""
+    for secret in secrets:
+        for form in {secret, json.dumps(secret)[1:-1], secret.replace("/", "\\/")}:
+            raw = form.encode()
+            if raw in body:
+                body = body.replace(raw, _REDACTED.encode())
+    return body
+
+
+def _without(value: object, secrets: tuple[str, ...]) -> object:
+    if not isinstance(value, str):
+        return value
+    for secret in secrets:
+        value = value.replace(secret, _REDACTED)
+    return value
 
 
 def one_line(text: str, limit: int = 200) -> str:

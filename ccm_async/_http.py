@@ -78,7 +78,11 @@ def reply(status: int, body: bytes, header: Callable[[str], str | None]) -> Repl
         status,
         body,
         parse_retry_after(header("retry-after")),
-        parse_rate_window(header("x-ratelimit-remaining"), header("x-ratelimit-reset")),
+        parse_rate_window(
+            header("x-ratelimit-remaining"),
+            header("x-ratelimit-reset"),
+            header("x-ratelimit-limit"),
+        ),
     )
 
 

@@ -5,11 +5,12 @@ left in the window) and ``X-RateLimit-Reset`` (when the window resets, in epoch
 seconds) on responses. When both come, :class:`HeaderPacer` spreads the
 remaining requests evenly over the time to the reset instead of running into
 429s; requests in flight count as spent, since the server may have counted
-them already. When the headers do not come, or their window has passed,
-nothing is held back. Nor is a send whose turn is more than a minute away (a
-day's quota spent): it goes, and the server's 429 decides, whose
-``Retry-After`` pauses the client or fails a lookup at once; a header never
-makes a lookup hang. It works beside a configured ``RateLimit`` or the
+them already. Past the reset, until an answer tells of the new window, at most
+the window's limit goes out. When the headers never came, nothing is held
+back. Nor is a send whose turn is more than a minute away (a day's quota
+spent), and no send waits over a minute in all: it goes, and the server's 429
+decides, whose ``Retry-After`` pauses the client or fails a lookup at once; a
+header never makes a lookup hang. It works beside a configured ``RateLimit`` or the
 adaptive rate (``_throttle``), whichever is stricter holding a send back.
 """
 
@@ -39,71 +40,102 @@ read off another clock, and rounded."""
 @attrs.frozen
 class RateWindow:
     """What a response said of the account's window: ``remaining`` requests in it,
-    and ``reset_in`` seconds until it resets (from when the response was read)."""
+    ``reset_in`` seconds until it resets (from when the response was read), and
+    ``limit`` (``X-RateLimit-Limit``), when it was said."""
 
     remaining: int
     reset_in: float
+    limit: int | None = None
 
 
 def parse_rate_window(
-    remaining: str | None, reset: str | None, *, now: float | None = None
+    remaining: str | None, reset: str | None, limit: str | None = None, *, now: float | None = None
 ) -> RateWindow | None:
-    """The window the two headers describe, or None if either is missing or not
-    plausible (not a count, not a time within a day). ``now`` is epoch seconds."""
+    """The window the headers describe, or None if ``remaining`` or ``reset`` is
+    missing or not plausible (not a count, not a time within a day). ``now`` is
+    epoch seconds; a ``limit`` that is not a count is left out."""
     if remaining is None or reset is None:
         return None
+    count = _count(remaining)
     try:
-        count = int(remaining.strip())
         moment = float(reset.strip())
     except ValueError:
         return None
-    if not 0 <= count <= 1_000_000_000 or not math.isfinite(moment):
+    if count is None or not math.isfinite(moment):
         return None
     wall = time.time() if now is None else now
     reset_in = moment - wall if moment >= _EPOCH_FROM else moment
     if not 0.0 <= reset_in <= _LONGEST_WINDOW:
         return None
-    return RateWindow(count, reset_in)
+    most = _count(limit) if limit is not None else None
+    return RateWindow(count, reset_in, most if most else None)
+
+
+def _count(text: str) -> int | None:
+    try:
+        count = int(text.strip())
+    except ValueError:
+        return None
+    return count if 0 <= count <= 1_000_000_000 else None
 
 
 class HeaderPacer:
-    """Sends spaced so that the window's remaining requests last until its reset."""
+    """Sends spaced so that the window's remaining requests last until its reset.
+
+    Past the reset, before an answer tells of the new window, at most the
+    window's limit goes out (``X-RateLimit-Limit``, or one more than the most
+    ever said to remain): a client with more lookups waiting than the limit
+    would otherwise send them all into the new window at once. The latest
+    answer describes the window, whatever an earlier one said; answers within
+    ``_SAME_WINDOW`` of its reset are the same window's, where the fewest left
+    and the latest reset count. No send waits more than ``_LONGEST_WAIT`` in all.
+    """
 
     def __init__(self) -> None:
         self._reset_at = -math.inf  # on the event loop's clock
         self._remaining = 0
+        self._limit = math.inf  # no window known: nothing to hold back
+        self._sent_past_reset = 0
         self._in_flight = 0
         self._last_send = -math.inf
         self._change: anyio.Event | None = None
         self._lock = anyio.Lock()
 
     def observe(self, window: RateWindow) -> None:
-        """Take in what a response said; a response from an earlier window is ignored."""
+        """Take in what a response said."""
         now = anyio.current_time()
         reset_at = now + window.reset_in + _GRACE
-        if now >= self._reset_at or reset_at > self._reset_at + _SAME_WINDOW:
-            self._reset_at, self._remaining = reset_at, window.remaining
-        elif reset_at >= self._reset_at - _SAME_WINDOW:
-            # Answers come back out of order: the fewest left is the latest count.
+        if now < self._reset_at and abs(reset_at - self._reset_at) <= _SAME_WINDOW:
+            # Answers come back out of order: the fewest left is the latest count,
+            # and the latest reset the safe one (whole seconds, other clocks).
             self._remaining = min(self._remaining, window.remaining)
+            self._reset_at = max(self._reset_at, reset_at)
+        else:
+            self._reset_at, self._remaining = reset_at, window.remaining
+            self._sent_past_reset = 0
+        known = self._limit if math.isfinite(self._limit) else 0
+        self._limit = window.limit or max(known, window.remaining + 1)
         self._changed()
 
     async def acquire(self) -> bool:
         """Wait for this send's turn in the window; True when that meant waiting."""
         now = anyio.current_time()
-        if not self._lock.locked() and now >= self._reset_at:
-            self._in_flight += 1  # no window known: the common case costs nothing
-            self._last_send = now
+        if not self._lock.locked() and self._delay(now) == 0:
+            self._sent(now)  # no window known: the common case costs nothing
             return False
         waited = self._lock.locked()
         async with self._lock:
-            while 0 < (delay := self._delay()) <= _LONGEST_WAIT:
+            give_up_at = anyio.current_time() + _LONGEST_WAIT
+            while True:
+                now = anyio.current_time()
+                delay = min(self._delay(now), give_up_at - now)
+                if delay <= 0:
+                    break
                 waited = True
                 self._change = anyio.Event()
                 with anyio.move_on_after(delay):
                     await self._change.wait()
-            self._in_flight += 1
-            self._last_send = anyio.current_time()
+            self._sent(anyio.current_time())
             return waited
 
     def release(self, *, sent: bool) -> None:
@@ -111,19 +143,28 @@ class HeaderPacer:
         self._in_flight -= 1
         self._changed()
 
-    def _delay(self) -> float:
-        """Seconds until the next send may go: 0 once the window is over; else the
-        ``allowed`` sends still to come are spaced evenly between the last send
-        and the reset, the last of them short of it."""
-        now = anyio.current_time()
+    def _sent(self, now: float) -> None:
+        self._in_flight += 1
+        self._last_send = now
+        if now >= self._reset_at:
+            self._sent_past_reset += 1
+
+    def _delay(self, now: float) -> float:
+        """Seconds until the next send may go. Past the reset: none until the limit
+        went out, then until an answer tells of the new window. Before it: the
+        ``allowed`` sends still to come spaced evenly between the last send and the
+        reset, the last of them short of it. A turn over ``_LONGEST_WAIT`` away is
+        no turn to wait for: the send goes, and the server's 429 decides."""
         left = self._reset_at - now
         if left <= 0:
-            return 0.0
+            return _LONGEST_WAIT if self._sent_past_reset >= self._limit else 0.0
         allowed = self._remaining - self._in_flight
         if allowed <= 0:
-            return left
-        spacing = (self._reset_at - self._last_send) / (allowed + 1)
-        return max(0.0, self._last_send + spacing - now)
+            delay = left
+        else:
+            spacing = (self._reset_at - self._last_send) / (allowed + 1)
+            delay = max(0.0, self._last_send + spacing - now)
+        return delay if delay <= _LONGEST_WAIT else 0.0
 
     def _changed(self) -> None:
         if self._change is not None:

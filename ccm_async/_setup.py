@@ -18,7 +18,7 @@ import httpx
 from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
 from ccm_async._convert import API_VERSIONS, ApiVersion
 from ccm_async._engines import own_engine
-from ccm_async._errors import ConfigurationError
+from ccm_async._errors import ConfigurationError, shown
 from ccm_async._http import ClientEngine, Engine
 from ccm_async._retry import RetryPolicy
 from ccm_async._throttle import RateLimit
@@ -46,6 +46,7 @@ class Setup:
     rate_limit: RateLimit | None
     timeout: httpx.Timeout
     engine: Engine
+    secrets: tuple[str, ...] = attrs.field(repr=False)
 
 
 def client_setup(
@@ -70,8 +71,7 @@ def client_setup(
     check_count("max_concurrency", max_concurrency, MAX_CONCURRENCY_LIMIT)
     check_count("cache_size", cache_size, 10_000_000, low=0)
     resolved_url = resolve_base_url(region, base_url)
-    if api_version not in API_VERSIONS:
-        raise ConfigurationError(f"api_version must be 'v2' or 'v3', got {api_version!r:.40}")
+    api_version = _checked_version(api_version)
     headers = {
         "authorization": credentials.authorization(),
         "accept": "application/json",
@@ -108,7 +108,18 @@ def client_setup(
         rate_limit=rate_limit,
         timeout=timeout,
         engine=engine,
+        secrets=credentials.secrets(),
     )
+
+
+def _checked_version(value: object) -> ApiVersion:
+    # Compared as a plain string, and handed back as ours: an object equal to "v2"
+    # or a str subclass with its own formatting never reaches the URL.
+    plain = str.__str__(value) if isinstance(value, str) else None
+    for version in API_VERSIONS:
+        if plain == version:
+            return version
+    raise ConfigurationError(f"api_version must be 'v2' or 'v3', got {shown(value)}")
 
 
 def check_count(name: str, value: object, high: int, *, low: int = 1) -> None:

@@ -400,3 +400,13 @@ async def test_the_console_script_names_the_missing_parts_of_the_extra(
         _command.main()
     assert stopped.value.code == 2
     assert "needs the cli extra (rich missing)" in capsys.readouterr().err
+
+
+async def test_a_fetch_to_stdout_by_dash_keeps_its_errors_beside_it(
+    served: tuple[FakeCcm, dict[str, str]], tmp_path: Path
+) -> None:
+    fake, env = served
+    [missing] = sids_of(fake, 1, found=False)
+    done = await ccm(env, "fetch", "-o", "-", missing, cwd=tmp_path)
+    assert done.returncode == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["ccm-async-errors.tsv"]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
 
 from ccm_async import AsyncCcmClient, RateLimit, RetryPolicy
 from ccm_async._pacing import HeaderPacer, RateWindow, parse_rate_window
-from ccm_async.testing import FakeCcm, RecordedRequest
+from ccm_async.testing import FakeCcm, RecordedRequest, instant_backoff
+
+from .conftest import stand_in_client
 
 pytestmark = pytest.mark.anyio
 
@@ -47,14 +50,21 @@ def test_parse_rate_window(remaining: str | None, reset: str | None, expected: o
     assert parse_rate_window(remaining, reset, now=NOW) == expected
 
 
-async def test_a_response_from_an_earlier_window_is_ignored() -> None:
+def test_the_limit_header_is_read_when_it_is_a_count() -> None:
+    assert parse_rate_window("7", "45", "200", now=NOW) == RateWindow(7, 45.0, 200)
+    for junk in ("", "0", "-5", "many", "1" * 40):
+        assert parse_rate_window("7", "45", junk, now=NOW) == RateWindow(7, 45.0)
+
+
+async def test_the_latest_answer_describes_the_window() -> None:
     pacer = HeaderPacer()
     pacer.observe(RateWindow(remaining=50, reset_in=10.0))
     pacer.observe(RateWindow(remaining=80, reset_in=10.2))  # the same window: fewest left wins
-    pacer.observe(RateWindow(remaining=0, reset_in=2.0))  # an older window's late answer
     assert pacer._remaining == 50
-    pacer.observe(RateWindow(remaining=99, reset_in=20.0))  # a new window
-    assert pacer._remaining == 99
+    assert pacer._reset_at == pytest.approx(anyio.current_time() + 10.22, abs=0.01)  # the latest
+    pacer.observe(RateWindow(remaining=99, reset_in=3000.0))  # an odd one (an hourly quota)
+    pacer.observe(RateWindow(remaining=199, reset_in=60.0))  # is not kept against the next
+    assert pacer._remaining == 199
 
 
 def _windows(requests: Sequence[RecordedRequest], per: float) -> list[list[int]]:
@@ -134,6 +144,40 @@ async def test_an_empty_window_waits_for_its_reset() -> None:
     assert [len(window) for window in _windows(fake.requests, limit.per)] == [5, 5, 2]
 
 
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("concurrency", [256, 400])
+async def test_more_lookups_at_once_than_the_limit_get_no_429_after_the_first_window(
+    concurrency: int,
+) -> None:
+    # At the reset, before the new window's first answer, only the limit goes out.
+    limit = RateLimit(requests=200, per=2.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True, latency=0.8)
+    async with fake.client(max_concurrency=concurrency) as client:
+        results = await client.get_calls([f"s{i}" for i in range(4 * concurrency)])
+    assert all(result.ok for result in results)
+    _assert_paced(fake, limit)
+
+
+@pytest.mark.virtual_clock
+async def test_no_send_waits_over_a_minute_however_answers_move_the_reset() -> None:
+    # Each answer in flight says "none left" and moves the reset on: a waiting send
+    # still goes within a minute.
+    pacer = HeaderPacer()
+    started = anyio.current_time()
+
+    async def answers() -> None:
+        for _ in range(10):
+            pacer.observe(RateWindow(remaining=0, reset_in=59.0))
+            await anyio.sleep(20)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(answers)
+        await anyio.sleep(0.1)
+        assert await pacer.acquire()
+        group.cancel_scope.cancel()
+    assert anyio.current_time() - started == pytest.approx(60.1)
+
+
 async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
     # The measurement: Exotel's 200 a minute, a hundred times faster.
     limit = RateLimit(requests=200, per=2.0)
@@ -158,3 +202,27 @@ async def test_a_turn_more_than_a_minute_away_is_not_waited_for() -> None:
     pacer.observe(RateWindow(remaining=0, reset_in=30.0))  # a minute's: waited out
     assert await pacer.acquire()
     assert anyio.current_time() - started == pytest.approx(30.02)
+
+
+@pytest.mark.virtual_clock
+async def test_headers_on_a_server_error_are_not_the_api_s_window() -> None:
+    # A 500 from a gateway or another backend that says "none left for 45 s": the
+    # retry goes at once, as without the headers.
+    fake = FakeCcm(api_key="k", api_token="t", account_sid="a", generate=True)
+    answers = iter([(500, b'{"response": {"status": "failure", "code": 500}}')])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status, body = next(answers, (None, None))
+        if status is None:
+            await fake(scope, receive, send)
+            return
+        headers = [(b"x-ratelimit-remaining", b"0"), (b"x-ratelimit-reset", b"45")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async with stand_in_client(app) as client:
+        started = anyio.current_time()
+        with instant_backoff():
+            call = await client.get_call("s1")
+        assert anyio.current_time() - started < 1.0
+    assert call.call_sid == "s1"

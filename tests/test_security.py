@@ -4,7 +4,9 @@ request, redirects are not followed, TLS is verified, http is loopback-only."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import pickle
 import ssl
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -31,8 +33,11 @@ from ccm_async import (
     ConfigurationError,
     InvalidCallSidError,
     RateLimit,
+    RateLimitError,
     RequestTimeoutError,
+    ResponseFormatError,
     RetryPolicy,
+    ServerError,
     TransportError,
     WaitTimeoutError,
 )
@@ -126,6 +131,50 @@ async def test_the_token_appears_nowhere(caplog: pytest.LogCaptureFixture) -> No
     texts += [text for error in errors for text in all_about(error)]
     texts += list(all_logged(caplog.records))
     texts += [repr(fake), str(fake), repr(RetryPolicy()), repr(RateLimit(requests=1, per=1.0))]
+    assert_no_secret(texts)
+
+
+class Echoing:
+    """A server that echoes the request's Authorization header into its answers."""
+
+    def __init__(self) -> None:
+        self.kinds = iter(["error", "field", "rest"])
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        header = dict(scope["headers"])[b"authorization"].decode()
+        kind = next(self.kinds, "error")
+        if kind == "field":
+            data = {"call_sid": "s", "total_duration": header}
+            body = {"response": {"code": 200, "status": "success", "data": data}}
+            status = 200
+        elif kind == "rest":
+            body = {"RestException": {"Status": 429, "Message": header, "Code": TOKEN}}
+            status = 429
+        else:
+            error = {"code": 1100, "message": f"bad auth {header}", "description": TOKEN}
+            body = {"request_id": TOKEN, "response": {"code": 500, "status": "failure",
+                                                      "error_data": error}}  # fmt: skip
+            status = 500
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def test_a_server_that_echoes_the_credentials_gets_them_redacted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Echoing())) as http:
+        client = AsyncCcmClient(
+            api_key=KEY, api_token=TOKEN, account_sid="a", base_url="http://127.0.0.1",
+            http_client=http, retry=None, max_concurrency=1,
+        )  # fmt: skip
+        results = await client.get_calls(["s", "t", "u"])
+    errors = [result.error for result in results]
+    assert [type(error) for error in errors] == [ServerError, ResponseFormatError, RateLimitError]
+    assert all("[redacted]" in str(error) for error in errors)
+    texts = [text for error in errors if error for text in all_about(error)]
+    texts += [repr(result) for result in results] + list(all_logged(caplog.records))
+    texts += [repr(pickle.loads(pickle.dumps(result))) for result in results]  # noqa: S301 - our own
     assert_no_secret(texts)
 
 

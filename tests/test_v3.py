@@ -208,7 +208,10 @@ V3_ERRORS = [
     pytest.param(
         404, _rest_exception(404, "Not found", None), (), CallNotFoundError, id="rest-404"
     ),
-    pytest.param(200, _rest_exception("429", None, None), (), ApiError, id="rest-odd-status"),
+    pytest.param(
+        200, _rest_exception("429", None, None), (), RateLimitError, id="rest-text-status"
+    ),
+    pytest.param(200, _rest_exception("soon", None, None), (), ApiError, id="rest-odd-status"),
     pytest.param(502, {"RestException": "down"}, (), ServerError, id="rest-not-an-object"),
 ]
 
@@ -254,11 +257,37 @@ async def test_a_huge_rest_exception_message_stays_bounded() -> None:
     assert "\n" not in str(info.value)
 
 
+class _EqualToEverything:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+class _Disguised(str):
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        return "../../evil"
+
+
+class _Unequal:
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("no comparing me")
+
+    __hash__ = object.__hash__
+
+
 def test_the_api_version_is_checked() -> None:
-    for bad in ("v4", "V3", "", None, 3):
+    for bad in ("v4", "V3", "", None, 3, _EqualToEverything(), _Unequal(), b"v2"):
         with pytest.raises(ConfigurationError, match="api_version must be 'v2' or 'v3'"):
             AsyncCcmClient(api_key="k", api_token="t", account_sid="a", api_version=bad)  # type: ignore[arg-type]
     assert AsyncCcmClient(api_key="k", api_token="t", account_sid="a").api_version == "v2"
+    disguised = AsyncCcmClient(
+        api_key="k", api_token="t", account_sid="a", api_version=_Disguised("v3")
+    )
+    assert type(disguised.api_version) is str
+    assert disguised._setup.calls_url == "https://ccm-api.exotel.com/v3/accounts/a/calls/"
 
 
 def test_from_env_reads_the_api_version() -> None:
