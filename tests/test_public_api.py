@@ -96,7 +96,14 @@ INTERNAL = {
         "structure_call",
         "unstructure_call",
     },
-    "ccm_async._errors": {"api_error", "forget_frames", "one_line", "shown"},
+    "ccm_async._errors": {
+        "redact",
+        "redact_body",
+        "api_error",
+        "forget_frames",
+        "one_line",
+        "shown",
+    },
     "ccm_async._retry_after": {"parse_retry_after"},
     "ccm_async._flights": {"SingleFlight", "TerminalCache"},
     "ccm_async._http": {

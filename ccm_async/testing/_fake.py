@@ -14,7 +14,6 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypedDict
@@ -215,7 +214,8 @@ class FakeCcm:
     ``rate_limit_retry_after`` is set. With ``rate_limit_headers`` the window is a
     fixed one instead, as the newer Exotel docs describe: every answer carries
     ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset``
-    (epoch seconds, to the millisecond) and the excess gets a 429 with
+    (seconds to the reset, to the millisecond, as the answer leaves; the client
+    reads Exotel's epoch seconds too) and the excess gets a 429 with
     ``Retry-After`` and a ``RestException`` body. Its clock is ``anyio.current_time()``: in a
     test on a virtual clock, its latency and its window run on that clock too.
 
@@ -426,6 +426,8 @@ class FakeCcm:
                 send, 429, 429, error_code=codes.rate_limited, headers=headers
             )
         await self._delay()
+        if self.rate_limit is not None and self.rate_limit_headers:
+            headers = self._window_headers(self.rate_limit)  # as the answer leaves
         fault = self._pick_fault(call_sid)
         if fault is not None:
             return await _send_fault(fault, receive, send)
@@ -452,14 +454,18 @@ class FakeCcm:
             self._window_used = 0
         admitted = self._window_used < limit.requests
         self._window_used += admitted
-        left = self._window_end - now
-        headers = [
+        return (None if admitted else self._window_end - now), self._window_headers(limit)
+
+    def _window_headers(self, limit: RateLimit) -> list[tuple[bytes, bytes]]:
+        # The reset as seconds from now, rounded up to the millisecond: read on the
+        # fake's own clock, it is exact on a virtual one too, where epoch seconds
+        # (time.time()) would drift from the loop's clock.
+        left = max(0.0, self._window_end - anyio.current_time())
+        return [
             (b"x-ratelimit-limit", str(limit.requests).encode()),
             (b"x-ratelimit-remaining", str(limit.requests - self._window_used).encode()),
-            # Rounded up: a client that waits for it never comes early.
-            (b"x-ratelimit-reset", f"{math.ceil((time.time() + left) * 1000) / 1000:.3f}".encode()),
+            (b"x-ratelimit-reset", f"{math.ceil(left * 1000) / 1000:.3f}".encode()),
         ]
-        return (None if admitted else left), headers
 
     def _admit_in_sliding_window(self, limit: RateLimit) -> float | None:
         now = anyio.current_time()
