@@ -143,6 +143,7 @@ class Echoing:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         header = dict(scope["headers"])[b"authorization"].decode()
         kind = next(self.kinds, "error")
+        body: dict[str, object]
         if kind == "field":
             data = {"call_sid": "s", "total_duration": header}
             body = {"response": {"code": 200, "status": "success", "data": data}}

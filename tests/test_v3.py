@@ -284,9 +284,12 @@ def test_the_api_version_is_checked() -> None:
             AsyncCcmClient(api_key="k", api_token="t", account_sid="a", api_version=bad)  # type: ignore[arg-type]
     assert AsyncCcmClient(api_key="k", api_token="t", account_sid="a").api_version == "v2"
     disguised = AsyncCcmClient(
-        api_key="k", api_token="t", account_sid="a", api_version=_Disguised("v3")
+        api_key="k",
+        api_token="t",
+        account_sid="a",
+        api_version=_Disguised("v3"),  # type: ignore[arg-type]
     )
-    assert type(disguised.api_version) is str
+    assert type(disguised.api_version).__name__ == "str"
     assert disguised._setup.calls_url == "https://ccm-api.exotel.com/v3/accounts/a/calls/"
 
 
