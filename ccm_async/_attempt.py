@@ -18,14 +18,7 @@ from typing import Final
 import anyio
 
 from ccm_async._convert import decode_response
-from ccm_async._errors import (
-    ApiError,
-    CcmError,
-    RateLimitError,
-    TransportError,
-    redact,
-    redact_body,
-)
+from ccm_async._errors import ApiError, CcmError, RateLimitError, TransportError
 from ccm_async._loops import current_loop
 from ccm_async._models import CallDetails, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, is_retryable
@@ -103,7 +96,7 @@ class Attempts:
         try:
             return await self._fed_back_exchange(call_sid, attempt, permit)
         except CcmError as exc:
-            redact(exc, self._setup.secrets)
+            self._setup.secrets.redact(exc)
             raise
 
     async def _fed_back_exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
@@ -125,7 +118,7 @@ class Attempts:
                 self._throttle.pacer.observe(reply.rate_window)
             call = decode_response(
                 status,
-                redact_body(reply.body, self._setup.secrets),
+                self._setup.secrets.redact_body(reply.body),
                 call_sid=call_sid,
                 retry_after=reply.retry_after,
                 api_version=self._setup.api_version,

@@ -14,7 +14,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 import click
@@ -52,27 +51,39 @@ def run_demo(
     )
     out_dir = Path(tempfile.mkdtemp(prefix="ccm-async-demo-"))
     try:
-        client_options = {"max_concurrency": concurrency, "api_version": api_version}
-        return _demo(fake, out_dir, calls=calls, client_options=client_options, keep=keep)
+        return _demo(
+            fake, out_dir, calls=calls, concurrency=concurrency, api_version=api_version, keep=keep
+        )
     finally:
         if not keep:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def _demo(
-    fake: FakeCcm, out_dir: Path, *, calls: int, client_options: dict[str, Any], keep: bool
+    fake: FakeCcm,
+    out_dir: Path,
+    *,
+    calls: int,
+    concurrency: int,
+    api_version: ApiVersion,
+    keep: bool,
 ) -> int:
     """Serve ``fake``, fetch from it into ``out_dir``'s job file, show its status."""
     options = FetchOptions(
         input=str(_demo_input(out_dir, calls)),
         output=str(out_dir / "calls.db"),
-        concurrency=client_options["max_concurrency"],
+        concurrency=concurrency,
     )
     err = stderr_console()
 
     async def serve_and_fetch() -> int:
         async with fake.serve() as base_url:
-            client = AsyncCcmClient(**fake.credentials, base_url=base_url, **client_options)
+            client = AsyncCcmClient(
+                **fake.credentials,
+                base_url=base_url,
+                max_concurrency=concurrency,
+                api_version=api_version,
+            )
             return await fetch_and_summarize(client, options)
 
     status = anyio.run(serve_and_fetch)

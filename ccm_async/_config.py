@@ -18,7 +18,7 @@ from typing import Any, Final, TypeGuard
 import attrs
 import httpx
 
-from ccm_async._errors import ConfigurationError, InvalidCallSidError, shown
+from ccm_async._errors import ConfigurationError, InvalidCallSidError, Secrets, shown
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -86,11 +86,11 @@ class Credentials:
         """The HTTP Basic ``Authorization`` header value."""
         return "Basic " + self._basic()
 
-    def secrets(self) -> tuple[str, ...]:
+    def secrets(self) -> Secrets:
         """The texts that would give the token away: the token, and the header's
         base64 of key and token. One under 8 characters is no real one (a test's):
         taking it out of every text would garble them."""
-        return tuple(text for text in (self.api_token, self._basic()) if len(text) >= 8)
+        return Secrets.of(tuple(text for text in (self.api_token, self._basic()) if len(text) >= 8))
 
     def _basic(self) -> str:
         pair = f"{self.api_key}:{self.api_token}".encode()

@@ -42,14 +42,13 @@ __all__ = [
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",
+    "Secrets",
     "ServerError",
     "TransportError",
     "WaitTimeoutError",
     "api_error",
     "forget_frames",
     "one_line",
-    "redact",
-    "redact_body",
     "shown",
 ]
 
@@ -257,40 +256,53 @@ def _summary(answer: ErrorAnswer, *, status: int, from_api: bool, cls: type[ApiE
 _REDACTED = "[redacted]"
 
 
-def redact(exc: CcmError, secrets: tuple[str, ...]) -> None:
-    """Take ``secrets`` out of the message and the text attributes of ``exc``.
+@attrs.frozen
+class Secrets:
+    """The texts that would give the credentials away, and their forms in a JSON
+    body (escaped, ``/`` as ``\\/``), made once per client.
 
-    A server (or a proxy) may echo the request's ``Authorization`` header into
-    its answer, and its texts go into messages, logs and results.
+    A server (or a proxy) may echo the request's ``Authorization`` header into its
+    answer, and its texts go into messages, logs, results and outputs.
     """
-    texts = [arg for arg in exc.args if isinstance(arg, str)]
-    texts += [value for value in vars(exc).values() if isinstance(value, str)]
-    if not any(secret in text for secret in secrets for text in texts):
-        return
-    exc.args = tuple(_without(arg, secrets) for arg in exc.args)
-    for name, value in vars(exc).items():
-        if isinstance(value, str):
-            setattr(exc, name, _without(value, secrets))
 
+    texts: tuple[str, ...] = attrs.field(repr=False)
+    in_bodies: tuple[bytes, ...] = attrs.field(repr=False)
 
-def redact_body(body: bytes, secrets: tuple[str, ...]) -> bytes:
-    """``body`` with ``secrets`` taken out, as they are and JSON-escaped, before any
-    of its text is read: a message quotes a bounded part of a value, and a part
-    of the header's base64 gives most of the token away."""
-    for secret in secrets:
-        for form in {secret, json.dumps(secret)[1:-1], secret.replace("/", "\\/")}:
-            raw = form.encode()
-            if raw in body:
-                body = body.replace(raw, _REDACTED.encode())
-    return body
+    @classmethod
+    def of(cls, texts: tuple[str, ...]) -> Secrets:
+        """The secrets ``texts``, with their body forms."""
+        forms = {
+            form.encode()
+            for text in texts
+            for form in (text, json.dumps(text)[1:-1], text.replace("/", "\\/"))
+        }
+        return cls(texts, tuple(forms))
 
+    def redact_body(self, body: bytes) -> bytes:
+        """``body`` without them, before any of its text is read: a message quotes a
+        bounded part of a value, and a part of the base64 gives most of the token away."""
+        for form in self.in_bodies:
+            if form in body:
+                body = body.replace(form, _REDACTED.encode())
+        return body
 
-def _without(value: object, secrets: tuple[str, ...]) -> object:
-    if not isinstance(value, str):
+    def redact(self, exc: CcmError) -> None:
+        """Take them out of the message and the text attributes of ``exc``."""
+        texts = [arg for arg in exc.args if isinstance(arg, str)]
+        texts += [value for value in vars(exc).values() if isinstance(value, str)]
+        if not any(secret in text for secret in self.texts for text in texts):
+            return
+        exc.args = tuple(self._without(arg) for arg in exc.args)
+        for name, value in vars(exc).items():
+            if isinstance(value, str):
+                setattr(exc, name, self._without(value))
+
+    def _without(self, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        for secret in self.texts:
+            value = value.replace(secret, _REDACTED)
         return value
-    for secret in secrets:
-        value = value.replace(secret, _REDACTED)
-    return value
 
 
 def one_line(text: str, limit: int = 200) -> str:

@@ -18,7 +18,7 @@ import httpx
 from ccm_async._config import Credentials, Region, check_timeout, resolve_base_url
 from ccm_async._convert import API_VERSIONS, ApiVersion
 from ccm_async._engines import own_engine
-from ccm_async._errors import ConfigurationError, shown
+from ccm_async._errors import ConfigurationError, Secrets, shown
 from ccm_async._http import ClientEngine, Engine
 from ccm_async._retry import RetryPolicy
 from ccm_async._throttle import RateLimit
@@ -46,7 +46,7 @@ class Setup:
     rate_limit: RateLimit | None
     timeout: httpx.Timeout
     engine: Engine
-    secrets: tuple[str, ...] = attrs.field(repr=False)
+    secrets: Secrets = attrs.field(repr=False)
 
 
 def client_setup(

@@ -97,8 +97,7 @@ INTERNAL = {
         "unstructure_call",
     },
     "ccm_async._errors": {
-        "redact",
-        "redact_body",
+        "Secrets",
         "api_error",
         "forget_frames",
         "one_line",

@@ -415,19 +415,19 @@ class FakeCcm:
             return await _send_envelope(send, 403, 403, error_code=1003)
         version: ApiVersion = "v3" if match["version"] == "v3" else "v2"
         codes = _CODES[version]
-        wait, headers = self._admit()
+        wait = self._admit()
         if wait is not None:
             # Retry-After is whole seconds (RFC 9110): round up, never early.
             retry_after = [(b"retry-after", str(math.ceil(wait)).encode())]
             if self.rate_limit_headers:
-                return await _send_rest_exception(send, math.ceil(wait), [*headers, *retry_after])
+                headers = [*self._window_headers(), *retry_after]
+                return await _send_rest_exception(send, math.ceil(wait), headers)
             headers = retry_after if self.rate_limit_retry_after else []
             return await _send_envelope(
                 send, 429, 429, error_code=codes.rate_limited, headers=headers
             )
         await self._delay()
-        if self.rate_limit is not None and self.rate_limit_headers:
-            headers = self._window_headers(self.rate_limit)  # as the answer leaves
+        headers = self._window_headers()  # as the answer leaves
         fault = self._pick_fault(call_sid)
         if fault is not None:
             return await _send_fault(fault, receive, send)
@@ -436,27 +436,28 @@ class FakeCcm:
             return await _send_envelope(send, 404, 404, error_code=codes.not_found, headers=headers)
         return await _send_json(send, 200, _success(data, version, self.account_sid), headers)
 
-    def _admit(self) -> tuple[float | None, list[tuple[bytes, bytes]]]:
-        """None if the rate limit admits a request now, else the seconds until it would;
-        and the rate-limit headers to answer with."""
+    def _admit(self) -> float | None:
+        """None if the rate limit admits a request now, else the seconds until it would."""
         if self.rate_limit is None:
-            return None, []
+            return None
         if self.rate_limit_headers:
             return self._admit_in_fixed_window(self.rate_limit)
-        return self._admit_in_sliding_window(self.rate_limit), []
+        return self._admit_in_sliding_window(self.rate_limit)
 
-    def _admit_in_fixed_window(
-        self, limit: RateLimit
-    ) -> tuple[float | None, list[tuple[bytes, bytes]]]:
+    def _admit_in_fixed_window(self, limit: RateLimit) -> float | None:
         now = anyio.current_time()
         if now >= self._window_end:
             self._window_end = now + limit.per
             self._window_used = 0
         admitted = self._window_used < limit.requests
         self._window_used += admitted
-        return (None if admitted else self._window_end - now), self._window_headers(limit)
+        return None if admitted else self._window_end - now
 
-    def _window_headers(self, limit: RateLimit) -> list[tuple[bytes, bytes]]:
+    def _window_headers(self) -> list[tuple[bytes, bytes]]:
+        """The fixed window's headers, when the fake sends them."""
+        limit = self.rate_limit
+        if limit is None or not self.rate_limit_headers:
+            return []
         # The reset as seconds from now, rounded up to the millisecond: read on the
         # fake's own clock, it is exact on a virtual one too, where epoch seconds
         # (time.time()) would drift from the loop's clock.
