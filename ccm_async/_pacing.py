@@ -4,18 +4,20 @@ Exotel's newer docs describe, per account, ``X-RateLimit-Remaining`` (requests
 left in the window) and ``X-RateLimit-Reset`` (when the window resets, in epoch
 seconds) on responses. When both come, :class:`HeaderPacer` spreads the
 remaining requests evenly over the time to the reset instead of running into
-429s; requests in flight count as spent, since the server may have counted
-them already. Past the reset, until an answer tells of the new window, at most
-the window's limit goes out. When the headers never came, nothing is held
-back. Nor is a send whose turn is more than a minute away (a day's quota
-spent), and no send waits over a minute in all: it goes, and the server's 429
-decides, whose ``Retry-After`` pauses the client or fails a lookup at once; a
-header never makes a lookup hang. It works beside a configured ``RateLimit`` or the
-adaptive rate (``_throttle``), whichever is stricter holding a send back.
+429s. Sends are numbered: an answer's ``remaining`` counts from its own
+request, so every send after that one is spent from it, answered or not.
+Past the reset, until an answer tells of the new window, at most the window's
+limit goes out. When the headers never came, nothing is held back. Nor is a
+send whose turn is more than a minute away (a day's quota spent), and no send
+waits over a minute in all: it goes, and the server's 429 decides, whose
+``Retry-After`` pauses the client or fails a lookup at once; a header never
+makes a lookup hang. It works beside a configured ``RateLimit`` or the adaptive
+rate (``_throttle``), whichever is stricter holding a send back.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from typing import Final
@@ -82,47 +84,58 @@ def _count(text: str) -> int | None:
 class HeaderPacer:
     """Sends spaced so that the window's remaining requests last until its reset.
 
-    Past the reset, before an answer tells of the new window, at most the
-    window's limit goes out (``X-RateLimit-Limit``, or one more than the most
-    ever said to remain): a client with more lookups waiting than the limit
-    would otherwise send them all into the new window at once. The latest
-    answer describes the window, whatever an earlier one said; answers within
-    ``_SAME_WINDOW`` of its reset are the same window's, where the fewest left
-    and the latest reset count. No send waits more than ``_LONGEST_WAIT`` in all.
+    Each send has a number. An answer to send ``n`` saying ``remaining`` allows
+    sends up to ``n + remaining``, less the sends before ``n`` still unanswered:
+    they may have reached the server after ``n`` did, uncounted. The answer to
+    the latest send is the best count: an earlier send's answer, coming back
+    later, counted fewer of the sends after it. Past the reset, before an answer tells of the
+    new window, at most the window's limit goes out (``X-RateLimit-Limit``, or
+    one more than the most ever said to remain): a client with more lookups
+    waiting than the limit would otherwise send them all into the new window at
+    once. The latest answer describes the window, whatever an earlier one said;
+    answers within ``_SAME_WINDOW`` of its reset are the same window's, where the
+    latest send's count and the latest reset count. No send waits more than
+    ``_LONGEST_WAIT`` in all.
     """
 
     def __init__(self) -> None:
         self._reset_at = -math.inf  # on the event loop's clock
-        self._remaining = 0
+        self._sends = 0  # numbered from 1
+        self._unanswered: list[int] = []  # the numbers in flight, in order
+        self._allowed_until = 0  # the window allows sends up to this number
+        self._counted_by = 0  # the send whose answer gave that count
         self._limit = math.inf  # no window known: nothing to hold back
         self._sent_past_reset = 0
-        self._in_flight = 0
         self._last_send = -math.inf
         self._change: anyio.Event | None = None
         self._lock = anyio.Lock()
 
-    def observe(self, window: RateWindow) -> None:
-        """Take in what a response said."""
+    def observe(self, window: RateWindow, *, sequence: int) -> None:
+        """Take in what the answer to send number ``sequence`` said."""
         now = anyio.current_time()
         reset_at = now + window.reset_in + _GRACE
+        uncounted = bisect.bisect_left(self._unanswered, sequence)
+        allowed_until = sequence + window.remaining - uncounted
         if now < self._reset_at and abs(reset_at - self._reset_at) <= _SAME_WINDOW:
-            # Answers come back out of order: the fewest left is the latest count,
-            # and the latest reset the safe one (whole seconds, other clocks).
-            self._remaining = min(self._remaining, window.remaining)
+            # The same window: the latest reset is the safe time (whole seconds,
+            # other clocks), the latest send's answer the best count.
             self._reset_at = max(self._reset_at, reset_at)
+            if sequence > self._counted_by:
+                self._allowed_until, self._counted_by = allowed_until, sequence
         else:
-            self._reset_at, self._remaining = reset_at, window.remaining
+            self._reset_at, self._allowed_until = reset_at, allowed_until
+            self._counted_by = sequence
             self._sent_past_reset = 0
         known = self._limit if math.isfinite(self._limit) else 0
         self._limit = window.limit or max(known, window.remaining + 1)
         self._changed()
 
-    async def acquire(self) -> bool:
-        """Wait for this send's turn in the window; True when that meant waiting."""
+    async def acquire(self) -> tuple[bool, int]:
+        """Wait for this send's turn in the window: whether that meant waiting, and
+        the send's number (for :meth:`observe`)."""
         now = anyio.current_time()
         if not self._lock.locked() and self._delay(now) == 0:
-            self._sent(now)  # no window known: the common case costs nothing
-            return False
+            return False, self._sent(now)  # no window known: the common case costs nothing
         waited = self._lock.locked()
         async with self._lock:
             give_up_at = anyio.current_time() + _LONGEST_WAIT
@@ -135,19 +148,23 @@ class HeaderPacer:
                 self._change = anyio.Event()
                 with anyio.move_on_after(delay):
                     await self._change.wait()
-            self._sent(anyio.current_time())
-            return waited
+            return waited, self._sent(anyio.current_time())
 
-    def release(self, *, sent: bool) -> None:
-        """The exchange ended (or never began): it is no longer in flight."""
-        self._in_flight -= 1
-        self._changed()
+    def release(self, sequence: int) -> None:
+        """Send ``sequence``'s exchange ended (or never began: its number stays
+        spent until an answer counts afresh, on the safe side)."""
+        index = bisect.bisect_left(self._unanswered, sequence)
+        if index < len(self._unanswered) and self._unanswered[index] == sequence:
+            del self._unanswered[index]
 
-    def _sent(self, now: float) -> None:
-        self._in_flight += 1
+    def _sent(self, now: float) -> int:
+        self._sends += 1
+        if math.isfinite(self._reset_at):  # once the headers came; before, nothing reads it
+            self._unanswered.append(self._sends)  # numbers only grow: it stays in order
         self._last_send = now
         if now >= self._reset_at:
             self._sent_past_reset += 1
+        return self._sends
 
     def _delay(self, now: float) -> float:
         """Seconds until the next send may go. Past the reset: none until the limit
@@ -158,7 +175,7 @@ class HeaderPacer:
         left = self._reset_at - now
         if left <= 0:
             return _LONGEST_WAIT if self._sent_past_reset >= self._limit else 0.0
-        allowed = self._remaining - self._in_flight
+        allowed = self._allowed_until - self._sends
         if allowed <= 0:
             delay = left
         else:

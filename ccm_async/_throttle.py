@@ -262,8 +262,9 @@ class Permit:
     """A request's place under the rate limit and the server's pacing, from before
     its send until its exchange ends."""
 
-    def __init__(self, throttle: Throttle, *, waited: bool) -> None:
+    def __init__(self, throttle: Throttle, *, waited: bool, sequence: int) -> None:
         self.waited = waited
+        self.sequence = sequence  # the send's number, for the pacing by headers
         self._throttle = throttle
         self._held = True
 
@@ -273,7 +274,7 @@ class Permit:
         if self._held:
             self._held = False
             self._throttle.limiter.release(sent=sent)
-            self._throttle.pacer.release(sent=sent)
+            self._throttle.pacer.release(self.sequence)
 
 
 class Throttle:
@@ -293,11 +294,11 @@ class Throttle:
         and if none did, leaving the block gives it back unused."""
         waited = await self.limiter.acquire()
         try:
-            waited = await self.pacer.acquire() or waited
+            paced, sequence = await self.pacer.acquire()
         except BaseException:
             self.limiter.release(sent=False)
             raise
-        permit = Permit(self, waited=waited)
+        permit = Permit(self, waited=waited or paced, sequence=sequence)
         try:
             yield permit
         finally:

@@ -243,13 +243,13 @@ async def test_no_rate_limit_headers_hold_a_send_for_over_a_minute(
     pairs: list[tuple[str, str]],
 ) -> None:
     pacer = HeaderPacer()
-    for remaining, reset in pairs:
+    for sequence, (remaining, reset) in enumerate(pairs):
         window = parse_rate_window(remaining, reset)
         if window is None:
             continue
         assert window.remaining >= 0
         assert 0.0 <= window.reset_in <= 86_400.0
-        pacer.observe(window)
+        pacer.observe(window, sequence=sequence)
     started = anyio.current_time()
     for _ in range(3):
         await pacer.acquire()

@@ -416,18 +416,19 @@ class FakeCcm:
         version: ApiVersion = "v3" if match["version"] == "v3" else "v2"
         codes = _CODES[version]
         wait = self._admit()
+        used = self._window_used  # counted as it arrived, as a server's limiter does
         if wait is not None:
             # Retry-After is whole seconds (RFC 9110): round up, never early.
             retry_after = [(b"retry-after", str(math.ceil(wait)).encode())]
             if self.rate_limit_headers:
-                headers = [*self._window_headers(), *retry_after]
+                headers = [*self._window_headers(used), *retry_after]
                 return await _send_rest_exception(send, math.ceil(wait), headers)
             headers = retry_after if self.rate_limit_retry_after else []
             return await _send_envelope(
                 send, 429, 429, error_code=codes.rate_limited, headers=headers
             )
         await self._delay()
-        headers = self._window_headers()  # as the answer leaves
+        headers = self._window_headers(used)
         fault = self._pick_fault(call_sid)
         if fault is not None:
             return await _send_fault(fault, receive, send)
@@ -453,8 +454,10 @@ class FakeCcm:
         self._window_used += admitted
         return None if admitted else self._window_end - now
 
-    def _window_headers(self) -> list[tuple[bytes, bytes]]:
-        """The fixed window's headers, when the fake sends them."""
+    def _window_headers(self, used: int) -> list[tuple[bytes, bytes]]:
+        """The fixed window's headers, when the fake sends them: what was left when
+        the request arrived (``used`` of the window), and the reset as the answer
+        leaves."""
         limit = self.rate_limit
         if limit is None or not self.rate_limit_headers:
             return []
@@ -464,7 +467,7 @@ class FakeCcm:
         left = max(0.0, self._window_end - anyio.current_time())
         return [
             (b"x-ratelimit-limit", str(limit.requests).encode()),
-            (b"x-ratelimit-remaining", str(limit.requests - self._window_used).encode()),
+            (b"x-ratelimit-remaining", str(limit.requests - used).encode()),
             (b"x-ratelimit-reset", f"{math.ceil(left * 1000) / 1000:.3f}".encode()),
         ]
 
