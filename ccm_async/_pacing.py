@@ -88,14 +88,15 @@ class HeaderPacer:
     sends up to ``n + remaining``, less the sends before ``n`` still unanswered:
     they may have reached the server after ``n`` did, uncounted. The answer to
     the latest send is the best count: an earlier send's answer, coming back
-    later, counted fewer of the sends after it. Past the reset, before an answer tells of the
-    new window, at most the window's limit goes out (``X-RateLimit-Limit``, or
-    one more than the most ever said to remain): a client with more lookups
-    waiting than the limit would otherwise send them all into the new window at
-    once. The latest answer describes the window, whatever an earlier one said;
-    answers within ``_SAME_WINDOW`` of its reset are the same window's, where the
-    latest send's count and the latest reset count. No send waits more than
-    ``_LONGEST_WAIT`` in all.
+    later, counted fewer of the sends after it. Past the reset, before an answer
+    tells of the new window, at most the window's limit goes out
+    (``X-RateLimit-Limit``, or one more than the most ever said to remain): a
+    client with more lookups waiting than the limit would otherwise send them
+    all into the new window at once. The latest send's answer describes the
+    window, whatever an earlier one said, and an earlier send's answer of another
+    window says nothing. Answers within ``_SAME_WINDOW`` of its reset are the
+    same window's, where the latest send's count and the latest reset count. No
+    send waits more than ``_LONGEST_WAIT`` in all.
     """
 
     def __init__(self) -> None:
@@ -122,10 +123,12 @@ class HeaderPacer:
             self._reset_at = max(self._reset_at, reset_at)
             if sequence > self._counted_by:
                 self._allowed_until, self._counted_by = allowed_until, sequence
-        else:
+        elif sequence >= self._counted_by:
             self._reset_at, self._allowed_until = reset_at, allowed_until
             self._counted_by = sequence
             self._sent_past_reset = 0
+        # Else an earlier send's answer, slow to come back, of a window already
+        # over: it would read the new window as the old one's last few requests.
         known = self._limit if math.isfinite(self._limit) else 0
         self._limit = window.limit or max(known, window.remaining + 1)
         self._changed()

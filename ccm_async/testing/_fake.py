@@ -371,6 +371,22 @@ class FakeCcm:
         """How many of the logged requests asked for ``call_sid``."""
         return sum(1 for request in self._log if request.call_sid == call_sid)
 
+    def statuses_by_window(self) -> list[list[int]]:
+        """With ``rate_limit_headers``: the statuses of the logged requests in each
+        fixed window, oldest first, a window opened by the first arrival after the
+        last one ended, as the fake opens them. To measure how a client paces itself."""
+        if self.rate_limit is None or not self.rate_limit_headers:
+            msg = "fixed windows need FakeCcm(rate_limit=..., rate_limit_headers=True)"
+            raise ValueError(msg)
+        windows: list[list[int]] = []
+        window_end = -math.inf
+        for request in sorted(self._log, key=lambda r: r.time):
+            if request.time >= window_end:
+                window_end = request.time + self.rate_limit.per
+                windows.append([])
+            windows[-1].append(request.status)
+        return windows
+
     # -- ASGI ---------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -416,19 +432,20 @@ class FakeCcm:
         version: ApiVersion = "v3" if match["version"] == "v3" else "v2"
         codes = _CODES[version]
         wait = self._admit()
-        used = self._window_used  # counted as it arrived, as a server's limiter does
+        # The window as the request arrived, as a server's limiter counts it.
+        used, window_end = self._window_used, self._window_end
         if wait is not None:
             # Retry-After is whole seconds (RFC 9110): round up, never early.
             retry_after = [(b"retry-after", str(math.ceil(wait)).encode())]
             if self.rate_limit_headers:
-                headers = [*self._window_headers(used), *retry_after]
+                headers = [*self._window_headers(used, window_end), *retry_after]
                 return await _send_rest_exception(send, math.ceil(wait), headers)
             headers = retry_after if self.rate_limit_retry_after else []
             return await _send_envelope(
                 send, 429, 429, error_code=codes.rate_limited, headers=headers
             )
         await self._delay()
-        headers = self._window_headers(used)
+        headers = self._window_headers(used, window_end)
         fault = self._pick_fault(call_sid)
         if fault is not None:
             return await _send_fault(fault, receive, send)
@@ -454,17 +471,17 @@ class FakeCcm:
         self._window_used += admitted
         return None if admitted else self._window_end - now
 
-    def _window_headers(self, used: int) -> list[tuple[bytes, bytes]]:
-        """The fixed window's headers, when the fake sends them: what was left when
-        the request arrived (``used`` of the window), and the reset as the answer
-        leaves."""
+    def _window_headers(self, used: int, window_end: float) -> list[tuple[bytes, bytes]]:
+        """The headers of the fixed window a request arrived in, when the fake sends
+        them: what was left of it then (``used`` of it), and its reset as seen when
+        the answer leaves."""
         limit = self.rate_limit
         if limit is None or not self.rate_limit_headers:
             return []
         # The reset as seconds from now, rounded up to the millisecond: read on the
         # fake's own clock, it is exact on a virtual one too, where epoch seconds
         # (time.time()) would drift from the loop's clock.
-        left = max(0.0, self._window_end - anyio.current_time())
+        left = max(0.0, window_end - anyio.current_time())
         return [
             (b"x-ratelimit-limit", str(limit.requests).encode()),
             (b"x-ratelimit-remaining", str(limit.requests - used).encode()),
