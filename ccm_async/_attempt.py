@@ -114,7 +114,7 @@ class Attempts:
             status = reply.status
             self._counters.responses[status] += 1
             # The API's own answers only: a 5xx may be a gateway's or another backend's.
-            if reply.rate_window is not None and status < 500:
+            if status < 500:
                 self._throttle.pacer.observe(reply.rate_window, sequence=permit.sequence)
             call = decode_response(
                 status,

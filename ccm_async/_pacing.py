@@ -54,8 +54,9 @@ def parse_rate_window(
     remaining: str | None, reset: str | None, limit: str | None = None, *, now: float | None = None
 ) -> RateWindow | None:
     """The window the headers describe, or None if ``remaining`` or ``reset`` is
-    missing or not plausible (not a count, not a time within a day). ``now`` is
-    epoch seconds; a ``limit`` that is not a count is left out."""
+    missing or not plausible (not a count, not a time within a day) or the window
+    is already over (a reset now or past: its count is of that window, answered
+    late). ``now`` is epoch seconds; a ``limit`` that is not a count is left out."""
     if remaining is None or reset is None:
         return None
     count = _count(remaining)
@@ -67,7 +68,7 @@ def parse_rate_window(
         return None
     wall = time.time() if now is None else now
     reset_in = moment - wall if moment >= _EPOCH_FROM else moment
-    if not 0.0 <= reset_in <= _LONGEST_WINDOW:
+    if not 0.0 < reset_in <= _LONGEST_WINDOW:
         return None
     most = _count(limit) if limit is not None else None
     return RateWindow(count, reset_in, most if most else None)
@@ -111,9 +112,13 @@ class HeaderPacer:
         self._change: anyio.Event | None = None
         self._lock = anyio.Lock()
 
-    def observe(self, window: RateWindow, *, sequence: int) -> None:
-        """Take in what the answer to send number ``sequence`` said."""
+    def observe(self, window: RateWindow | None, *, sequence: int) -> None:
+        """Take in what the answer to send number ``sequence`` said (None: no
+        headers, or none plausible)."""
         now = anyio.current_time()
+        if window is None:
+            self._headers_stopped(now, sequence)
+            return
         reset_at = now + window.reset_in + _GRACE
         uncounted = bisect.bisect_left(self._unanswered, sequence)
         allowed_until = sequence + window.remaining - uncounted
@@ -133,6 +138,15 @@ class HeaderPacer:
         self._limit = window.limit or max(known, window.remaining + 1)
         self._changed()
 
+    def _headers_stopped(self, now: float, sequence: int) -> None:
+        """Past the reset, an answer without the headers: the server no longer tells
+        of windows (or tells only on its 429s), and nothing is held back until the
+        headers come again, rather than one send a minute."""
+        if now >= self._reset_at and sequence >= self._counted_by:
+            self._reset_at, self._limit = -math.inf, math.inf
+            self._unanswered.clear()
+            self._changed()
+
     async def acquire(self) -> tuple[bool, int]:
         """Wait for this send's turn in the window: whether that meant waiting, and
         the send's number (for :meth:`observe`)."""
@@ -140,18 +154,21 @@ class HeaderPacer:
         if not self._lock.locked() and self._delay(now) == 0:
             return False, self._sent(now)  # no window known: the common case costs nothing
         waited = self._lock.locked()
-        async with self._lock:
-            give_up_at = anyio.current_time() + _LONGEST_WAIT
-            while True:
-                now = anyio.current_time()
-                delay = min(self._delay(now), give_up_at - now)
-                if delay <= 0:
-                    break
-                waited = True
-                self._change = anyio.Event()
-                with anyio.move_on_after(delay):
-                    await self._change.wait()
-            return waited, self._sent(anyio.current_time())
+        give_up_at = now + _LONGEST_WAIT
+        # The minute bounds the queue for the lock too, not only the turn after it.
+        with anyio.move_on_after(_LONGEST_WAIT):
+            async with self._lock:
+                while True:
+                    now = anyio.current_time()
+                    delay = min(self._delay(now), give_up_at - now)
+                    if delay <= 0:
+                        break
+                    waited = True
+                    self._change = anyio.Event()
+                    with anyio.move_on_after(delay):
+                        await self._change.wait()
+                return waited, self._sent(anyio.current_time())
+        return True, self._sent(anyio.current_time())
 
     def release(self, sequence: int) -> None:
         """Send ``sequence``'s exchange ended (or never began: its number stays

@@ -31,7 +31,7 @@ NOW = 1_764_700_000.0  # epoch seconds of a test's "now"
         ("150", str(int(NOW) + 30), RateWindow(150, 30.0)),
         (" 0 ", f"{NOW + 1.25:.3f}", RateWindow(0, 1.25)),
         ("7", "45", RateWindow(7, 45.0)),  # a delay, as some servers send it
-        ("7", "0", RateWindow(7, 0.0)),
+        ("7", "0", None),  # a window over as the answer left
         (None, "45", None),
         ("7", None, None),
         ("seven", "45", None),
@@ -80,6 +80,48 @@ async def test_an_earlier_send_s_answer_of_a_window_over_says_nothing() -> None:
     # Sent before send 30, answered after it (a slow answer): the old window's last requests.
     pacer.observe(RateWindow(remaining=0, reset_in=0.0), sequence=20)
     assert (pacer._allowed_until, pacer._reset_at) == (counted, reset_at) == (180, reset_at)
+
+
+@pytest.mark.virtual_clock
+async def test_slow_answers_from_a_window_over_do_not_stall_the_next() -> None:
+    # Answers 0.8 s slow, 100 at once: those of requests late in a window come back
+    # in the next one, their window over (Reset 0).
+    limit = RateLimit(requests=200, per=2.0)
+    fake = FakeCcm(generate=True, rate_limit=limit, rate_limit_headers=True, latency=0.8)
+    async with fake.client(max_concurrency=100) as client:
+        results = await client.get_calls([f"s{i}" for i in range(1000)])
+    assert all(result.ok for result in results)
+    _assert_paced(fake, limit)
+
+
+@pytest.mark.virtual_clock
+async def test_no_send_waits_over_a_minute_queued_behind_others() -> None:
+    pacer = HeaderPacer()
+    waits: list[float] = []
+
+    async def send() -> None:
+        started = anyio.current_time()
+        await pacer.acquire()
+        waits.append(anyio.current_time() - started)
+
+    pacer.observe(RateWindow(remaining=0, reset_in=59.9), sequence=0)
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(send)
+    assert len(waits) == 5
+    assert max(waits) <= 60.0 + 1e-6
+
+
+@pytest.mark.virtual_clock
+async def test_an_answer_without_headers_past_the_reset_ends_the_holding_back() -> None:
+    # A server that tells of its window only on its 429s.
+    pacer = HeaderPacer()
+    pacer.observe(RateWindow(remaining=0, reset_in=1.0), sequence=0)
+    pacer.observe(None, sequence=1)  # before the reset: still held
+    assert (await pacer.acquire())[0]
+    assert anyio.current_time() == pytest.approx(1.02)
+    pacer.observe(None, sequence=1)  # past it: the window is no longer known
+    assert [(await pacer.acquire())[0] for _ in range(300)] == [False] * 300
 
 
 def _assert_paced(fake: FakeCcm, limit: RateLimit, *, share: float = 0.9) -> None:
