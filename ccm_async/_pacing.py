@@ -117,7 +117,6 @@ class HeaderPacer:
         headers, or none plausible)."""
         now = anyio.current_time()
         if window is None:
-            self._headers_stopped(now, sequence)
             return
         reset_at = now + window.reset_in + _GRACE
         uncounted = bisect.bisect_left(self._unanswered, sequence)
@@ -137,15 +136,6 @@ class HeaderPacer:
         known = self._limit if math.isfinite(self._limit) else 0
         self._limit = window.limit or max(known, window.remaining + 1)
         self._changed()
-
-    def _headers_stopped(self, now: float, sequence: int) -> None:
-        """Past the reset, an answer without the headers: the server no longer tells
-        of windows (or tells only on its 429s), and nothing is held back until the
-        headers come again, rather than one send a minute."""
-        if now >= self._reset_at and sequence >= self._counted_by:
-            self._reset_at, self._limit = -math.inf, math.inf
-            self._unanswered.clear()
-            self._changed()
 
     async def acquire(self) -> tuple[bool, int]:
         """Wait for this send's turn in the window: whether that meant waiting, and
@@ -176,6 +166,7 @@ class HeaderPacer:
         index = bisect.bisect_left(self._unanswered, sequence)
         if index < len(self._unanswered) and self._unanswered[index] == sequence:
             del self._unanswered[index]
+            self._changed()  # past the reset, one fewer that may land in the new window
 
     def _sent(self, now: float) -> int:
         self._sends += 1
@@ -188,13 +179,17 @@ class HeaderPacer:
 
     def _delay(self, now: float) -> float:
         """Seconds until the next send may go. Past the reset: none until the limit
-        went out, then until an answer tells of the new window. Before it: the
+        went out (counting the sends from before it still unanswered), then until an
+        answer tells of the new window. Before it: the
         ``allowed`` sends still to come spaced evenly between the last send and the
         reset, the last of them short of it. A turn over ``_LONGEST_WAIT`` away is
         no turn to wait for: the send goes, and the server's 429 decides."""
         left = self._reset_at - now
         if left <= 0:
-            return _LONGEST_WAIT if self._sent_past_reset >= self._limit else 0.0
+            # Sends from before the reset still unanswered may land in the new window.
+            before = self._sends - self._sent_past_reset
+            landing = bisect.bisect_right(self._unanswered, before) + self._sent_past_reset
+            return _LONGEST_WAIT if landing >= self._limit else 0.0
         allowed = self._allowed_until - self._sends
         if allowed <= 0:
             delay = left

@@ -113,15 +113,26 @@ async def test_no_send_waits_over_a_minute_queued_behind_others() -> None:
 
 
 @pytest.mark.virtual_clock
-async def test_an_answer_without_headers_past_the_reset_ends_the_holding_back() -> None:
-    # A server that tells of its window only on its 429s.
+async def test_past_the_reset_sends_from_before_it_unanswered_count_against_the_limit() -> None:
     pacer = HeaderPacer()
-    pacer.observe(RateWindow(remaining=0, reset_in=1.0), sequence=0)
-    pacer.observe(None, sequence=1)  # before the reset: still held
-    assert (await pacer.acquire())[0]
-    assert anyio.current_time() == pytest.approx(1.02)
-    pacer.observe(None, sequence=1)  # past it: the window is no longer known
-    assert [(await pacer.acquire())[0] for _ in range(300)] == [False] * 300
+    pacer.observe(RateWindow(remaining=3, reset_in=1.0, limit=3), sequence=0)
+    for _ in range(3):
+        await pacer.acquire()
+    pacer.release(1)  # sends 2 and 3 are still unanswered: they may land past the reset
+    await anyio.sleep(1.5)
+    assert await pacer.acquire() == (False, 4)
+    sent: list[float] = []
+
+    async def one_more() -> None:
+        await pacer.acquire()
+        sent.append(anyio.current_time())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one_more)
+        await anyio.sleep(5)
+        assert sent == []
+        pacer.release(2)
+    assert sent == [pytest.approx(anyio.current_time())]
 
 
 def _assert_paced(fake: FakeCcm, limit: RateLimit, *, share: float = 0.9) -> None:
