@@ -24,6 +24,7 @@ from ccm_async._models import CallDetails, ClientStats
 from ccm_async._retry import Lookup, RetryBudget, is_retryable
 from ccm_async._setup import Setup
 from ccm_async._stats import Counters
+from ccm_async._telemetry import LookupTrace
 from ccm_async._throttle import Permit, Slots, Throttle
 
 __all__ = ["Attempts"]
@@ -46,10 +47,14 @@ class Attempts:
         """A snapshot of the counters."""
         return self._counters.snapshot(self._throttle.limiter)
 
-    def lookup(self, call_sid: str) -> Lookup:
+    def lookup(self, call_sid: str, trace: LookupTrace) -> Lookup:
         """The retry state of a new lookup of ``call_sid``, on the running event loop."""
         self._follow_the_event_loop()
-        return Lookup(call_sid, self._setup.policy, self._budget, self._counters.deny_retry)
+        return Lookup(call_sid, self._setup.policy, self._budget, self._deny_retry, trace)
+
+    def _deny_retry(self) -> None:
+        self._counters.deny_retry()
+        self._setup.telemetry.budget_denied()
 
     def _follow_the_event_loop(self) -> None:
         # Waits, pauses and windows are times on the loop's own clock, and its
@@ -74,8 +79,10 @@ class Attempts:
         # holding nothing, and looked at again just before the send: it may have
         # begun (another lookup's 429) while this one waited for a slot or a permit.
         while True:
-            if await lookup.wait_out_pause(self._throttle.pause_left()):
+            pause = self._throttle.pause_left()
+            if await lookup.wait_out_pause(pause):
                 self._counters.rate_limit_waits += 1
+                lookup.trace.waited(pause, "pause")
             with anyio.CancelScope(deadline=lookup.deadline) as scope:
                 async with (
                     self._slots.hold(retry=lookup.started),
@@ -83,34 +90,39 @@ class Attempts:
                 ):
                     lookup.start()
                     scope.deadline = lookup.deadline
-                    if permit.waited:
+                    if permit.waited is not None:
                         self._counters.rate_limit_waits += 1
+                        lookup.trace.waited(permit.waited, "permit")
                     if not self._throttle.pause_left():
                         lookup.attempts += 1
-                        return await self._exchange(lookup.call_sid, lookup.attempts, permit)
+                        return await self._exchange(lookup, permit)
             if scope.cancelled_caught:
                 raise lookup.deadline_error()
 
-    async def _exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
+    async def _exchange(self, lookup: Lookup, permit: Permit) -> CallDetails:
         """One request and its decoding, its error without the credentials' texts."""
         try:
-            return await self._fed_back_exchange(call_sid, attempt, permit)
+            return await self._fed_back_exchange(lookup, permit)
         except CcmError as exc:
             self._setup.secrets.redact(exc)
             raise
 
-    async def _fed_back_exchange(self, call_sid: str, attempt: int, permit: Permit) -> CallDetails:
+    async def _fed_back_exchange(self, lookup: Lookup, permit: Permit) -> CallDetails:
         """One request and its decoding, fed back to the budget and the limiter."""
+        call_sid, attempt = lookup.call_sid, lookup.attempts
+        url = self._setup.calls_url + call_sid
         started = anyio.current_time()
         status: int | str = "no response"
         try:
             self._counters.requests += 1
-            try:
-                reply = await self._setup.engine.get(self._setup.calls_url + call_sid, call_sid)
-            finally:
-                # An answer or a failure comes no earlier than the request reached
-                # the server, if it did: the rate window counts it from now.
-                permit.end()
+            with lookup.trace.request(url, attempt) as request:
+                try:
+                    reply = await self._setup.engine.get(url, call_sid)
+                finally:
+                    # An answer or a failure comes no earlier than the request reached
+                    # the server, if it did: the rate window counts it from now.
+                    permit.end()
+                request.answered(reply.status)
             status = reply.status
             self._counters.responses[status] += 1
             # The API's own answers only: a 5xx may be a gateway's or another backend's.

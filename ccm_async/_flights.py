@@ -43,11 +43,17 @@ class SingleFlight(Generic[_T]):
         return len(self._flights)
 
     async def call(
-        self, key: str, work: Callable[[], Awaitable[_T]], group: anyio.abc.TaskGroup | None
+        self,
+        key: str,
+        work: Callable[[], Awaitable[_T]],
+        group: anyio.abc.TaskGroup | None,
+        *,
+        on_join: Callable[[], None],
     ) -> _T:
         """The result of ``work()``, shared with concurrent calls for ``key``.
 
         Without a task group to run flights in, ``work`` runs in the caller's task.
+        ``on_join`` is called when this call joins another's flight.
         """
         if group is None:
             return await work()
@@ -55,6 +61,8 @@ class SingleFlight(Generic[_T]):
         if flight is None:
             flight = self._flights[key] = _Flight()
             group.start_soon(self._fly, key, flight, work)
+        else:
+            on_join()
         flight.waiters += 1
         try:
             await flight.done.wait()

@@ -29,6 +29,7 @@ from ccm_async._errors import (
     ServerError,
     TransportError,
 )
+from ccm_async._telemetry import LookupTrace
 
 if TYPE_CHECKING:
     import tenacity
@@ -171,9 +172,15 @@ class Lookup:
     """The retry state of one lookup: its attempts, deadline and the next wait."""
 
     def __init__(
-        self, call_sid: str, policy: RetryPolicy, budget: RetryBudget, on_denied: Callable[[], None]
+        self,
+        call_sid: str,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        on_denied: Callable[[], None],
+        trace: LookupTrace,
     ) -> None:
         self.call_sid = call_sid
+        self.trace = trace
         self.policy = policy
         self.budget = budget
         self.attempts = 0
@@ -231,7 +238,7 @@ class Lookup:
             except Exception as exc:
                 if not is_retryable(exc) or self.decide(exc) is None:
                     raise
-                self._log_retry(exc)
+                self._before_retry(exc)
             await anyio.sleep(self._sleep_time())
             import tenacity  # noqa: PLC0415 - loaded on a first retry, which most lookups never make
 
@@ -240,7 +247,7 @@ class Lookup:
                 stop=self.stop,
                 wait=self.wait,
                 sleep=anyio.sleep,
-                before_sleep=lambda state: self._log_retry(_exception(state)),
+                before_sleep=lambda state: self._before_retry(_exception(state)),
                 reraise=True,
             )
             return await retrying(attempt, self)
@@ -296,7 +303,8 @@ class Lookup:
         # or not at all: a lookup gives up rather than wait past 60 s or its deadline.
         return seconds <= min(_RETRY_AFTER_CAP, self.deadline - anyio.current_time())
 
-    def _log_retry(self, exc: BaseException | None) -> None:
+    def _before_retry(self, exc: BaseException | None) -> None:
+        self.trace.backoff(self.next_wait or 0.0, exc)
         logger.warning(
             "retrying call %s after attempt %d of %d failed (%s); waiting %.3fs",
             self.call_sid,

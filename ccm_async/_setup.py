@@ -2,10 +2,11 @@
 
 :func:`client_setup` takes ``AsyncCcmClient``'s constructor arguments and
 checks them in the order they are documented: credentials, the timeout,
-counts, the host and the API version, then the types of the objects given. It returns a
-:class:`Setup`: the URLs, the bound on requests in flight, the retry policy,
-and the engine that sends the requests (``_http``), which opens nothing until
-the first lookup.
+counts, the host and the API version, then the types of the objects given
+(``telemetry`` last). It returns a :class:`Setup`: the URLs, the bound on
+requests in flight, the retry policy, the engine that sends the requests
+(``_http``), which opens nothing until the first lookup, and where traces
+and metrics go (``_telemetry``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ccm_async._engines import own_engine
 from ccm_async._errors import ConfigurationError, Secrets, shown
 from ccm_async._http import ClientEngine, Engine
 from ccm_async._retry import RetryPolicy
+from ccm_async._telemetry import Telemetry, telemetry_for
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
 
@@ -46,6 +48,7 @@ class Setup:
     rate_limit: RateLimit | None
     timeout: httpx.Timeout
     engine: Engine
+    telemetry: Telemetry
     secrets: Secrets = attrs.field(repr=False)
 
 
@@ -64,6 +67,7 @@ def client_setup(
     cache_size: int,
     http_client: httpx.AsyncClient | None,
     transport: Literal["httpx", "aiohttp"],
+    telemetry: bool,
 ) -> Setup:
     """The parts of a client, or a :class:`ConfigurationError` for the first bad argument."""
     credentials = Credentials(api_key=api_key, api_token=api_token, account_sid=account_sid)
@@ -85,6 +89,8 @@ def client_setup(
     _check_type("retry", retry, RetryPolicy)
     _check_type("rate_limit", rate_limit, RateLimit)
     _check_type("http_client", http_client, httpx.AsyncClient)
+    if not isinstance(telemetry, bool):
+        raise ConfigurationError(f"telemetry must be True or False, got {shown(telemetry)}")
     if http_client is None:
         timeout = httpx.Timeout(timeout)
         engine = own_engine(
@@ -108,6 +114,9 @@ def client_setup(
         rate_limit=rate_limit,
         timeout=timeout,
         engine=engine,
+        telemetry=telemetry_for(
+            enabled=telemetry, base_url=resolved_url, account_sid=credentials.account_sid
+        ),
         secrets=credentials.secrets(),
     )
 

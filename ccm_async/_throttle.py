@@ -262,8 +262,8 @@ class Permit:
     """A request's place under the rate limit and the server's pacing, from before
     its send until its exchange ends."""
 
-    def __init__(self, throttle: Throttle, *, waited: bool, sequence: int) -> None:
-        self.waited = waited
+    def __init__(self, throttle: Throttle, *, waited: float | None, sequence: int) -> None:
+        self.waited = waited  # the seconds it waited for, None if it had no wait
         self.sequence = sequence  # the send's number, for the pacing by headers
         self._throttle = throttle
         self._held = True
@@ -292,13 +292,15 @@ class Throttle:
     async def permit(self) -> AsyncGenerator[Permit]:
         """Wait for a permit, held for the block; the exchange ends it (:meth:`Permit.end`),
         and if none did, leaving the block gives it back unused."""
+        asked = anyio.current_time()
         waited = await self.limiter.acquire()
         try:
             paced, sequence = await self.pacer.acquire()
         except BaseException:
             self.limiter.release(sent=False)
             raise
-        permit = Permit(self, waited=waited or paced, sequence=sequence)
+        wait = anyio.current_time() - asked if waited or paced else None
+        permit = Permit(self, waited=wait, sequence=sequence)
         try:
             yield permit
         finally:

@@ -117,6 +117,7 @@ INTERNAL = {
     "ccm_async._loops": {"PerLoop", "current_loop"},
     "ccm_async._engines": {"own_engine"},
     "ccm_async._pacing": {"HeaderPacer", "RateWindow", "parse_rate_window"},
+    "ccm_async._otel": {"OtelTelemetry"},
     "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {"Lookup", "RetryBudget", "backoff_is_instant", "is_retryable"},
     "ccm_async._setup": {
@@ -127,6 +128,13 @@ INTERNAL = {
         "client_setup",
     },
     "ccm_async._stats": {"Counters"},
+    "ccm_async._telemetry": {
+        "LookupTrace",
+        "RequestTrace",
+        "Telemetry",
+        "WaitReason",
+        "telemetry_for",
+    },
     "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
     "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }

@@ -585,12 +585,15 @@ async def test_retry_decisions_do_not_depend_on_tenacitys_call_order(
     order: str, error: BaseException, policy: dict[str, Any], budget_left: float, expected: object
 ) -> None:
     from ccm_async._retry import Lookup, RetryBudget
+    from ccm_async._telemetry import LookupTrace
 
     budget = RetryBudget(500, 0.1)
     for _ in range(int(500 - budget_left)):
         budget.record_failure()
     denials: list[None] = []
-    lookup = Lookup("abc", RetryPolicy(**policy), budget, lambda: denials.append(None))
+    lookup = Lookup(
+        "abc", RetryPolicy(**policy), budget, lambda: denials.append(None), LookupTrace()
+    )
     lookup.start()
     lookup.attempts = 1
     state = _failed_state(lookup, error)

@@ -1,0 +1,289 @@
+"""OpenTelemetry traces and metrics of every lookup (the ``ccm-async[otel]`` extra).
+
+Reports through the global tracer and meter providers, so nothing is recorded
+until the application configures the SDK, and a provider set after the client
+was made is used from then on.
+
+- A span ``ccm_async.get_call`` per lookup (``ccm.call_sid``, ``ccm.account_sid``,
+  ``ccm.attempts``, ``ccm.outcome``; ``ccm.cache_hit`` or ``ccm.shared`` when true),
+  with an event per rate-limit wait, 429 pause and backoff. A lookup of a batch
+  starts a trace of its own, linked to the batch caller's span: one span holding
+  a bulk job's hundred thousand lookups helps nobody.
+- Under it, a client span ``GET`` per HTTP attempt, named and described as in
+  OpenTelemetry's stable HTTP client conventions (the URL holds no credentials:
+  they travel in a header).
+- Metrics: ``http.client.request.duration``, ``ccm_async.lookups`` by outcome,
+  ``ccm_async.retries``, ``ccm_async.budget_denials``, ``ccm_async.rate_limit.wait``
+  and ``ccm_async.in_flight``.
+"""
+
+from __future__ import annotations
+
+from contextvars import Token
+from types import TracebackType
+from typing import Final
+
+import anyio
+import httpx
+from opentelemetry import context, metrics, trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from ccm_async._errors import CallNotFoundError
+from ccm_async._telemetry import LookupTrace, RequestTrace, Telemetry, WaitReason
+from ccm_async._version import __version__
+
+__all__ = ["OtelTelemetry"]
+
+LOOKUP_SPAN: Final = "ccm_async.get_call"
+_SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.26.0"
+# The buckets OpenTelemetry's HTTP conventions advise for request durations.
+_DURATION_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+_Attributes = dict[str, AttributeValue]
+
+
+class OtelTelemetry(Telemetry):
+    """Telemetry through OpenTelemetry's global providers."""
+
+    __slots__ = (
+        "account_sid",
+        "budget_denials",
+        "duration",
+        "in_flight",
+        "lookups",
+        "retries",
+        "server",
+        "tracer",
+        "waits",
+    )
+
+    def __init__(self, *, base_url: str, account_sid: str) -> None:
+        url = httpx.URL(base_url)
+        self.server: Final[_Attributes] = {
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+        }
+        self.account_sid: Final = account_sid
+        self.tracer: Final = trace.get_tracer("ccm_async", __version__, schema_url=_SCHEMA_URL)
+        meter = metrics.get_meter("ccm_async", __version__, schema_url=_SCHEMA_URL)
+        self.duration: Final = meter.create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of HTTP client requests.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        self.lookups: Final = meter.create_counter(
+            "ccm_async.lookups", unit="{lookup}", description="Lookups ended, by outcome."
+        )
+        self.retries: Final = meter.create_counter(
+            "ccm_async.retries", unit="{request}", description="Requests sent again."
+        )
+        self.budget_denials: Final = meter.create_counter(
+            "ccm_async.budget_denials",
+            unit="{retry}",
+            description="Retries the retry budget refused.",
+        )
+        self.waits: Final = meter.create_histogram(
+            "ccm_async.rate_limit.wait",
+            unit="s",
+            description="Waits for a rate-limit permit or for the pause after a 429.",
+        )
+        self.in_flight: Final = meter.create_up_down_counter(
+            "ccm_async.in_flight", unit="{request}", description="Requests in flight."
+        )
+
+    def lookup(self, origin: object = None) -> LookupTrace:
+        return _Lookup(self, origin if isinstance(origin, _Origin) else None)
+
+    def batch_origin(self) -> object:
+        caller = trace.get_current_span().get_span_context()
+        return _Origin((Link(caller),) if caller.is_valid else ())
+
+    def budget_denied(self) -> None:
+        self.budget_denials.add(1)
+
+
+class _Origin:
+    """A batch's lookups start traces of their own, linked to the batch's caller."""
+
+    __slots__ = ("links",)
+
+    def __init__(self, links: tuple[Link, ...]) -> None:
+        self.links: Final = links
+
+
+class _Lookup(LookupTrace):
+    __slots__ = ("_attempts", "_cache_hit", "_origin", "_shared", "_span", "_telemetry", "_token")
+
+    def __init__(self, telemetry: OtelTelemetry, origin: _Origin | None) -> None:
+        self._telemetry = telemetry
+        self._origin = origin
+        self._attempts = 0
+        self._cache_hit = False
+        self._shared = False
+        self._token: Token[context.Context] | None = None
+
+    def __enter__(self) -> LookupTrace:
+        attributes: _Attributes = {"ccm.account_sid": self._telemetry.account_sid}
+        tracer = self._telemetry.tracer
+        if self._origin is None:
+            self._span = tracer.start_span(LOOKUP_SPAN, attributes=attributes)
+        else:
+            self._span = tracer.start_span(
+                LOOKUP_SPAN,
+                context=context.Context(),
+                attributes=attributes,
+                links=self._origin.links,
+            )
+        self._token = _make_current(self._span)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        outcome = _outcome(exc)
+        self._telemetry.lookups.add(1, {"ccm.outcome": outcome})
+        span = self._span
+        if span.is_recording():
+            span.set_attribute("ccm.attempts", self._attempts)
+            span.set_attribute("ccm.outcome", outcome)
+            if self._cache_hit:
+                span.set_attribute("ccm.cache_hit", True)
+            if self._shared:
+                span.set_attribute("ccm.shared", True)
+            if exc is not None:
+                span.set_status(Status(StatusCode.ERROR, _description(exc)))
+        _end(span, self._token)
+
+    def identify(self, call_sid: str) -> None:
+        self._span.set_attribute("ccm.call_sid", call_sid)
+
+    def served_from_cache(self) -> None:
+        self._cache_hit = True
+
+    def shared(self) -> None:
+        self._shared = True
+
+    def sent(self, attempts: int) -> None:
+        self._attempts = attempts
+
+    def waited(self, seconds: float, reason: WaitReason) -> None:
+        self._telemetry.waits.record(seconds, {"ccm.wait.reason": reason})
+        name = "ccm.rate_limit.wait" if reason == "permit" else "ccm.rate_limit.pause"
+        self._span.add_event(name, {"ccm.wait.seconds": seconds})
+
+    def backoff(self, seconds: float, error: BaseException | None) -> None:
+        self._span.add_event(
+            "ccm.backoff",
+            {"ccm.wait.seconds": seconds, "ccm.backoff.reason": _outcome(error)},
+        )
+
+    def request(self, url: str, attempt: int) -> RequestTrace:
+        return _Request(self._telemetry, self._span, url, attempt)
+
+
+class _Request(RequestTrace):
+    __slots__ = (
+        "_attempt",
+        "_parent",
+        "_span",
+        "_started",
+        "_status",
+        "_telemetry",
+        "_token",
+        "_url",
+    )
+
+    def __init__(self, telemetry: OtelTelemetry, parent: Span, url: str, attempt: int) -> None:
+        self._telemetry = telemetry
+        self._parent = parent
+        self._url = url
+        self._attempt = attempt
+        self._status: int | None = None
+        self._token: Token[context.Context] | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> RequestTrace:
+        telemetry = self._telemetry
+        attributes: _Attributes = {
+            "http.request.method": "GET",
+            **telemetry.server,
+            "url.full": self._url,
+        }
+        if self._attempt > 1:
+            attributes["http.request.resend_count"] = self._attempt - 1
+            telemetry.retries.add(1)
+        self._span = telemetry.tracer.start_span(
+            "GET",
+            context=trace.set_span_in_context(self._parent),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        self._token = _make_current(self._span)
+        telemetry.in_flight.add(1, telemetry.server)
+        self._started = anyio.current_time()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        telemetry = self._telemetry
+        elapsed = anyio.current_time() - self._started
+        telemetry.in_flight.add(-1, telemetry.server)
+        attributes: _Attributes = {"http.request.method": "GET", **telemetry.server}
+        error_type = None
+        if self._status is not None:
+            attributes["http.response.status_code"] = self._status
+            if self._status >= 400:
+                error_type = str(self._status)
+        if exc is not None:
+            error_type = type(exc).__name__ if isinstance(exc, Exception) else "cancelled"
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        telemetry.duration.record(elapsed, attributes)
+        span = self._span
+        if span.is_recording():
+            if self._status is not None:
+                span.set_attribute("http.response.status_code", self._status)
+            if error_type is not None:
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR))
+        _end(span, self._token)
+
+    def answered(self, status: int) -> None:
+        self._status = status
+
+
+def _make_current(span: Span) -> Token[context.Context] | None:
+    # A span that is not sampled still carries its trace onwards; the no-op one
+    # (no SDK configured) has nothing to carry and costs nothing to skip.
+    if not span.get_span_context().is_valid:
+        return None
+    return context.attach(trace.set_span_in_context(span))
+
+
+def _end(span: Span, token: Token[context.Context] | None) -> None:
+    if token is not None:
+        context.detach(token)
+    span.end()
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, CallNotFoundError):
+        return "not_found"
+    return type(exc).__name__ if isinstance(exc, Exception) else "cancelled"
+
+
+def _description(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, Exception) else "cancelled"
