@@ -19,7 +19,9 @@ included), 130 on SIGINT and 143 on SIGTERM, after the summary.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +142,11 @@ def _parse_duration(_: click.Context, __: click.Parameter, value: str) -> float:
     callback=_parse_duration,
     help="Wait out an account pause (429 Retry-After) up to this; longer stops the run.",
 )
+@click.option(
+    "--otel",
+    is_flag=True,
+    help="Export traces and metrics as the OTEL_* variables say (needs opentelemetry-sdk).",
+)
 @_api_version_option(None)
 def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     sids: tuple[str, ...],
@@ -153,6 +160,7 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
     resume: bool,
     overwrite: bool,
     max_pause: float,
+    otel: bool,
     api_version: ApiVersion | None,
 ) -> None:
     """Fetch many calls into a job file (OUTPUT.db) or as JSON lines or CSV.
@@ -174,6 +182,10 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
       --errors (OUTPUT.errors.tsv, or ./ccm-async-errors.tsv for stdout)  with
                  .jsonl/.csv: failed SIDs, error code, message; removed when
                  none failed
+
+    With --otel, traces and metrics go where OTEL_TRACES_EXPORTER and
+    OTEL_METRICS_EXPORTER say (otlp, the default, to OTEL_EXPORTER_OTLP_ENDPOINT;
+    console, to stderr; none).
 
     Wrong credentials or region, an unreachable API host or an unwritable
     output stop the run (status 2).
@@ -203,13 +215,21 @@ def fetch(  # noqa: PLR0917 - click passes every option positionally by name
         overwrite=overwrite,
         max_pause=max_pause,
     )
-    client = client_from_env(
-        max_concurrency=concurrency,
-        rate_limit=rate,
-        retry=retry_for(rate),
-        **_version_option(api_version),
-    )
-    sys.exit(run_fetch(client, options))
+    with _exported() if otel else contextlib.nullcontext():
+        client = client_from_env(
+            max_concurrency=concurrency,
+            rate_limit=rate,
+            retry=retry_for(rate),
+            **_version_option(api_version),
+        )
+        status = run_fetch(client, options)
+    sys.exit(status)
+
+
+def _exported() -> contextlib.AbstractContextManager[None]:
+    from ccm_async._cli_otel import exporting
+
+    return exporting(os.environ)
 
 
 @cli.command()
