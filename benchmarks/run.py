@@ -116,6 +116,41 @@ def throughput(quick: bool) -> dict[str, object]:
     return {"count": count, "runs": runs, "table": table, "ratios": ratios}
 
 
+TELEMETRY_CLIENTS = ["ccm_async-telemetry", "ccm_async", "ccm_async+otel-sdk"]
+
+
+def telemetry(quick: bool) -> dict[str, object]:
+    """What telemetry costs per lookup: off (telemetry=False, as without the extra),
+    the default with OpenTelemetry's API and no SDK, and under the SDK."""
+    count, concurrency, runs = (300, 10, 1) if quick else (20_000, 100, 5)
+    cells: dict[str, list[dict[str, float]]] = {}
+    with server() as base:
+        for _ in range(runs):  # alternating, as the throughput table
+            for client in TELEMETRY_CLIENTS:
+                cells.setdefault(client, []).append(measure(client, base, concurrency, count))
+    table = {
+        client: {
+            "lookups_per_s": round(statistics.median(r["lookups_per_s"] for r in results)),
+            "cpu_us_per_lookup": round(
+                statistics.median(r["cpu_ms_per_lookup"] for r in results) * 1000, 1
+            ),
+            "errors": sum(r["errors"] for r in results),
+        }
+        for client, results in cells.items()
+    }
+    off = table["ccm_async-telemetry"]["cpu_us_per_lookup"]
+    return {
+        "count": count,
+        "concurrency": concurrency,
+        "runs": runs,
+        "table": table,
+        "cpu_vs_off": {
+            client: round(table[client]["cpu_us_per_lookup"] / off, 3)
+            for client in TELEMETRY_CLIENTS[1:]
+        },
+    }
+
+
 def _ratio(table: dict[str, dict[str, dict[str, float]]], a: str, b: str, level: str) -> float:
     return round(table[a][level]["lookups_per_s"] / table[b][level]["lookups_per_s"], 2)
 
@@ -211,6 +246,7 @@ def report(results: dict[str, object]) -> str:
         "import_time",
         "construction",
         "command",
+        "telemetry",
     ):
         lines += ["", f"{name}: {json.dumps(results[name])}"]
     return "\n".join(lines)
@@ -233,6 +269,7 @@ def main() -> None:
         "import_time": lambda: scenario("import-time", *(["--quick"] if quick else [])),
         "construction": lambda: scenario("construction", *(["--quick"] if quick else [])),
         "command": lambda: command(quick),
+        "telemetry": lambda: telemetry(quick),
     }
     results: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -39,6 +39,9 @@ async def test_readme_example_runs(script: str) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout
     assert fake.request_count > 0
+    if "ConsoleSpanExporter" in script:  # the Observability example: what it prints
+        assert done.stdout.count(b'"name": "ccm_async.get_call"') == 1
+        assert b'"name": "ccm_async.lookups"' in done.stdout
 
 
 TEST_EXAMPLES = [
