@@ -5,7 +5,8 @@ concurrency slot and a rate-limit permit (``_throttle``), sends one GET
 through the engine (``_http``) and decodes the answer (``_convert``). Its
 outcome is fed back into the state that every lookup of the client shares:
 the rate limiter and the pause (a 429), the retry budget (a retryable
-failure or not), and the counters behind ``client.stats`` (``_stats``).
+failure or not), and the counters behind ``client.stats`` (``_stats``); its
+waits and its send are told to the lookup's trace (``_telemetry``).
 :class:`Attempts` holds that state; ``Lookup`` (``_retry``) decides whether
 another attempt follows.
 """

@@ -10,7 +10,9 @@ client-wide pause, takes a concurrency slot and a rate-limit permit
 ``CallDetails`` (:mod:`._models`) or a typed :class:`~ccm_async.CcmError`
 (:mod:`._errors`). No slot is held while waiting between attempts.
 
-Built from its arguments by :mod:`._setup`; counted by :mod:`._stats`. Bulk
+Built from its arguments by :mod:`._setup`; counted by :mod:`._stats`; each
+lookup and each of its sends is traced (:mod:`._telemetry`, OpenTelemetry's
+spans and metrics in :mod:`._otel` when the extra is installed). Bulk
 lookups (``get_calls``, ``stream_calls``) are :mod:`._bulk`'s workers around
 :meth:`AsyncCcmClient.get_call`; ``wait_for_terminal`` is :mod:`._polling`'s.
 """

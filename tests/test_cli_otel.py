@@ -48,7 +48,7 @@ class _Receive(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", "0")
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 
@@ -107,11 +107,12 @@ async def test_the_console_exporter_writes_to_stderr_and_leaves_stdout_to_the_re
 ) -> None:
     fake, env = served
     sids = sids_of(fake, 3, found=True)
-    otel = {"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "none"}
+    otel = {"OTEL_TRACES_EXPORTER": "console", "OTEL_METRICS_EXPORTER": "console"}
     done = await ccm({**env, **otel}, "fetch", "--otel", *sids)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["call_sid"] for line in done.stdout.splitlines()] == sids
     assert done.stderr.count(b'"name": "ccm_async.get_call"') == 3
+    assert b'"name": "ccm_async.lookups"' in done.stderr
 
 
 async def test_otel_sdk_disabled_exports_nothing(
