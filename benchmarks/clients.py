@@ -68,9 +68,7 @@ async def plain_aiohttp(base: str, call_sids: list[str], concurrency: int) -> in
     return errors
 
 
-async def ccm_async(
-    base: str, call_sids: list[str], concurrency: int, **options: object
-) -> int:
+async def ccm_async(base: str, call_sids: list[str], concurrency: int, **options: object) -> int:
     """ccm_async's get_calls with max_concurrency=C (default install, or the aiohttp extra)."""
     from ccm_async import AsyncCcmClient
 

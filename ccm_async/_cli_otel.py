@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,7 +50,7 @@ class OtelSetupError(Exception):
 
 
 @contextmanager
-def exporting(environ: Mapping[str, str]) -> Iterator[None]:
+def exporting(environ: Mapping[str, str]) -> Generator[None]:
     """Traces and metrics exported for the block as ``environ`` says, then flushed."""
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         yield
