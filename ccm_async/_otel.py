@@ -19,9 +19,12 @@ was made is used from then on.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from contextvars import Token
 from types import TracebackType
-from typing import Final
+from typing import Final, ParamSpec
 
 import anyio
 import httpx
@@ -43,6 +46,29 @@ _DURATION_BUCKETS: Final = (
 )  # fmt: skip
 
 _Attributes = dict[str, AttributeValue]
+_P = ParamSpec("_P")
+_warned = False
+logger: Final = logging.getLogger("ccm_async")
+
+
+def _failed(where: str) -> None:
+    """Telemetry never fails a lookup: a span processor, sampler or exporter of the
+    application's that raises is logged, once, and the lookup goes on."""
+    global _warned  # noqa: PLW0603 - once per process, as the SDK's own warnings
+    if not _warned:
+        _warned = True
+        logger.warning("telemetry failed in %s; lookups go on", where, exc_info=True)
+
+
+def _never_raises(method: Callable[_P, None]) -> Callable[_P, None]:
+    @functools.wraps(method)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception:  # see _failed
+            _failed(method.__qualname__)
+
+    return guarded
 
 
 class OtelTelemetry(Telemetry):
@@ -99,9 +125,14 @@ class OtelTelemetry(Telemetry):
         return _Lookup(self, origin if isinstance(origin, _Origin) else None)
 
     def batch_origin(self) -> object:
-        caller = trace.get_current_span().get_span_context()
+        try:
+            caller = trace.get_current_span().get_span_context()
+        except Exception:  # see _failed
+            _failed("batch_origin")
+            return _Origin(())
         return _Origin((Link(caller),) if caller.is_valid else ())
 
+    @_never_raises
     def budget_denied(self) -> None:
         self.budget_denials.add(1)
 
@@ -124,9 +155,17 @@ class _Lookup(LookupTrace):
         self._attempts = 0
         self._cache_hit = False
         self._shared = False
+        self._span: Span = trace.INVALID_SPAN
         self._token: Token[context.Context] | None = None
 
     def __enter__(self) -> LookupTrace:
+        try:
+            self._start()
+        except Exception:  # see _failed
+            _failed("a lookup's span")
+        return self
+
+    def _start(self) -> None:
         attributes: _Attributes = {"ccm.account_sid": self._telemetry.account_sid}
         tracer = self._telemetry.tracer
         if self._origin is None:
@@ -139,14 +178,20 @@ class _Lookup(LookupTrace):
                 links=self._origin.links,
             )
         self._token = _make_current(self._span)
-        return self
 
+    @_never_raises
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            self._record(exc)
+        finally:
+            _end(self._span, self._token)
+
+    def _record(self, exc: BaseException | None) -> None:
         outcome = _outcome(exc)
         self._telemetry.lookups.add(1, {"ccm.outcome": outcome})
         span = self._span
@@ -159,8 +204,8 @@ class _Lookup(LookupTrace):
                 span.set_attribute("ccm.shared", True)
             if exc is not None:
                 span.set_status(Status(StatusCode.ERROR, _description(exc)))
-        _end(span, self._token)
 
+    @_never_raises
     def identify(self, call_sid: str) -> None:
         self._span.set_attribute("ccm.call_sid", call_sid)
 
@@ -173,11 +218,13 @@ class _Lookup(LookupTrace):
     def sent(self, attempts: int) -> None:
         self._attempts = attempts
 
+    @_never_raises
     def waited(self, seconds: float, reason: WaitReason) -> None:
         self._telemetry.waits.record(seconds, {"ccm.wait.reason": reason})
         name = "ccm.rate_limit.wait" if reason == "permit" else "ccm.rate_limit.pause"
         self._span.add_event(name, {"ccm.wait.seconds": seconds})
 
+    @_never_raises
     def backoff(self, seconds: float, error: BaseException | None) -> None:
         self._span.add_event(
             "ccm.backoff",
@@ -191,6 +238,7 @@ class _Lookup(LookupTrace):
 class _Request(RequestTrace):
     __slots__ = (
         "_attempt",
+        "_counted",
         "_parent",
         "_span",
         "_started",
@@ -206,11 +254,21 @@ class _Request(RequestTrace):
         self._url = url
         self._attempt = attempt
         self._status: int | None = None
+        self._span: Span = trace.INVALID_SPAN
         self._token: Token[context.Context] | None = None
-        self._started = 0.0
+        self._counted = False
+        self._started: float | None = None
 
     def __enter__(self) -> RequestTrace:
+        try:
+            self._start()
+        except Exception:  # see _failed
+            _failed("a request's span")
+        return self
+
+    def _start(self) -> None:
         telemetry = self._telemetry
+        self._started = anyio.current_time()
         attributes: _Attributes = {
             "http.request.method": "GET",
             **telemetry.server,
@@ -219,6 +277,8 @@ class _Request(RequestTrace):
         if self._attempt > 1:
             attributes["http.request.resend_count"] = self._attempt - 1
             telemetry.retries.add(1)
+        telemetry.in_flight.add(1, telemetry.server)
+        self._counted = True
         self._span = telemetry.tracer.start_span(
             "GET",
             context=trace.set_span_in_context(self._parent),
@@ -226,19 +286,23 @@ class _Request(RequestTrace):
             attributes=attributes,
         )
         self._token = _make_current(self._span)
-        telemetry.in_flight.add(1, telemetry.server)
-        self._started = anyio.current_time()
-        return self
 
+    @_never_raises
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            self._record(exc)
+        finally:
+            _end(self._span, self._token)
+
+    def _record(self, exc: BaseException | None) -> None:
         telemetry = self._telemetry
-        elapsed = anyio.current_time() - self._started
-        telemetry.in_flight.add(-1, telemetry.server)
+        if self._counted:
+            telemetry.in_flight.add(-1, telemetry.server)
         attributes: _Attributes = {"http.request.method": "GET", **telemetry.server}
         error_type = None
         if self._status is not None:
@@ -249,7 +313,8 @@ class _Request(RequestTrace):
             error_type = type(exc).__name__ if isinstance(exc, Exception) else "cancelled"
         if error_type is not None:
             attributes["error.type"] = error_type
-        telemetry.duration.record(elapsed, attributes)
+        if self._started is not None:
+            telemetry.duration.record(anyio.current_time() - self._started, attributes)
         span = self._span
         if span.is_recording():
             if self._status is not None:
@@ -257,7 +322,6 @@ class _Request(RequestTrace):
             if error_type is not None:
                 span.set_attribute("error.type", error_type)
                 span.set_status(Status(StatusCode.ERROR))
-        _end(span, self._token)
 
     def answered(self, status: int) -> None:
         self._status = status

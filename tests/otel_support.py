@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -19,7 +20,7 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     NumberDataPoint,
 )
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 
 
 class Recorded(SpanProcessor):
@@ -28,8 +29,15 @@ class Recorded(SpanProcessor):
     def __init__(self) -> None:
         self.spans: list[ReadableSpan] = []
         self.armed = False
+        self.broken = False  # a processor that raises, as an application's may
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.armed and self.broken:
+            raise RuntimeError("a broken span processor")
 
     def on_end(self, span: ReadableSpan) -> None:
+        if self.armed and self.broken:
+            raise RuntimeError("a broken span processor")
         if self.armed:
             self.spans.append(span)
 
@@ -107,4 +115,4 @@ def recording() -> Iterator[Telemetry]:
     try:
         yield Telemetry(spans, reader)
     finally:
-        spans.armed = False
+        spans.armed = spans.broken = False

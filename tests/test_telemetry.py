@@ -14,6 +14,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+import ccm_async._otel
 from ccm_async import (
     AsyncCcmClient,
     CallNotFoundError,
@@ -252,10 +253,37 @@ async def test_a_lookup_is_a_child_of_its_caller_s_span(
 ) -> None:
     with trace.get_tracer("test").start_as_current_span("handler") as handler:
         await client.get_call(SAMPLE_SID)
+        assert trace.get_current_span() is handler
     [lookup] = telemetry.lookups()
     [request] = telemetry.requests()
     assert lookup.parent == handler.get_span_context()
     assert request.parent == lookup.context
+
+
+@pytest.mark.virtual_clock
+async def test_a_broken_span_processor_never_fails_a_lookup(
+    fake: FakeCcm,
+    telemetry: Telemetry,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ccm_async._otel, "_warned", False)
+    fake.generate = True
+    fake.fail(SAMPLE_SID, Fault.server_error(), times=1)
+    fake.fail("0" * 32, Fault.not_found())
+    async with fake.client() as client:
+        with trace.get_tracer("test").start_as_current_span("handler") as handler:
+            telemetry.recorded.broken = True  # raises as every span starts and ends
+            call = await client.get_call(SAMPLE_SID)
+            [result] = await client.get_calls([OTHER_SID])
+            with pytest.raises(CallNotFoundError):
+                await client.get_call("0" * 32)
+            assert trace.get_current_span() is handler
+            telemetry.recorded.broken = False
+    assert call.call_sid == SAMPLE_SID
+    assert result.ok
+    warnings = [record for record in caplog.records if "telemetry failed" in record.message]
+    assert len(warnings) == 1
 
 
 @pytest.mark.parametrize("how", ["get_calls", "stream_calls"])
