@@ -80,15 +80,20 @@ def _providers(environ: Mapping[str, str]) -> tuple[TracerProvider, MeterProvide
         from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         raise OtelSetupError(_INSTALL) from exc
-    resource = Resource.create()
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({"service.name": "ccm-async"}))
     span_exporters = _span_exporters(environ)
-    readers = [PeriodicExportingMetricReader(each) for each in _metric_exporters(environ)]
-    tracer_provider = TracerProvider(resource=resource)
-    for span_exporter in span_exporters:
-        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    metric_exporters = _metric_exporters(environ)
+    try:  # the SDK reads OTEL_BSP_*, its limits and its export interval itself
+        resource = Resource.create()
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": "ccm-async"}))
+        readers = [PeriodicExportingMetricReader(each) for each in metric_exporters]
+        tracer_provider = TracerProvider(resource=resource)
+        for span_exporter in span_exporters:
+            tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    except ValueError as exc:
+        reason = " ".join(str(exc).split())
+        raise OtelSetupError(f"OpenTelemetry's SDK refused its settings: {reason}") from exc
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     return tracer_provider, meter_provider
@@ -119,7 +124,8 @@ def _metric_exporters(environ: Mapping[str, str]) -> list[MetricExporter]:
 
 
 def _names(environ: Mapping[str, str], variable: str) -> list[str]:
-    names = [name.strip().lower() for name in environ.get(variable, "otlp").split(",")]
+    # An empty value is an unset one, as the specification has it.
+    names = [name.strip().lower() for name in (environ.get(variable) or "otlp").split(",")]
     for name in names:
         if name not in _EXPORTERS:
             raise OtelSetupError(f"{variable}={name!r} is not one of {', '.join(_EXPORTERS)}")

@@ -129,8 +129,12 @@ class OtelTelemetry(Telemetry):
             caller = trace.get_current_span().get_span_context()
         except Exception:  # see _failed
             _failed("batch_origin")
-            return _Origin(())
-        return _Origin((Link(caller),) if caller.is_valid else ())
+            return _Origin(context.Context(), ())
+        if caller.is_valid and not caller.trace_flags.sampled:
+            # A batch under a trace the application chose not to sample stays
+            # unsampled: its lookups are the caller's children, and nothing records.
+            return _Origin(context.get_current(), ())
+        return _Origin(context.Context(), (Link(caller),) if caller.is_valid else ())
 
     @_never_raises
     def budget_denied(self) -> None:
@@ -140,9 +144,10 @@ class OtelTelemetry(Telemetry):
 class _Origin:
     """A batch's lookups start traces of their own, linked to the batch's caller."""
 
-    __slots__ = ("links",)
+    __slots__ = ("context", "links")
 
-    def __init__(self, links: tuple[Link, ...]) -> None:
+    def __init__(self, parent: context.Context, links: tuple[Link, ...]) -> None:
+        self.context: Final = parent
         self.links: Final = links
 
 
@@ -173,7 +178,7 @@ class _Lookup(LookupTrace):
         else:
             self._span = tracer.start_span(
                 LOOKUP_SPAN,
-                context=context.Context(),
+                context=self._origin.context,
                 attributes=attributes,
                 links=self._origin.links,
             )
@@ -221,15 +226,18 @@ class _Lookup(LookupTrace):
     @_never_raises
     def waited(self, seconds: float, reason: WaitReason) -> None:
         self._telemetry.waits.record(seconds, {"ccm.wait.reason": reason})
-        name = "ccm.rate_limit.wait" if reason == "permit" else "ccm.rate_limit.pause"
-        self._span.add_event(name, {"ccm.wait.seconds": seconds})
+        # A shared request goes on after its first caller left and its span ended.
+        if self._span.is_recording():
+            name = "ccm.rate_limit.wait" if reason == "permit" else "ccm.rate_limit.pause"
+            self._span.add_event(name, {"ccm.wait.seconds": seconds})
 
     @_never_raises
     def backoff(self, seconds: float, error: BaseException | None) -> None:
-        self._span.add_event(
-            "ccm.backoff",
-            {"ccm.wait.seconds": seconds, "ccm.backoff.reason": _outcome(error)},
-        )
+        if self._span.is_recording():
+            self._span.add_event(
+                "ccm.backoff",
+                {"ccm.wait.seconds": seconds, "ccm.backoff.reason": _outcome(error)},
+            )
 
     def request(self, url: str, attempt: int) -> RequestTrace:
         return _Request(self._telemetry, self._span, url, attempt)

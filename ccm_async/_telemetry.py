@@ -11,12 +11,14 @@ and installed.
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
-from typing import Literal
+from typing import Final, Literal
 
 __all__ = ["LookupTrace", "RequestTrace", "Telemetry", "WaitReason", "telemetry_for"]
 
 WaitReason = Literal["permit", "pause"]
+logger: Final = logging.getLogger("ccm_async")
 
 
 class RequestTrace:
@@ -110,4 +112,14 @@ def telemetry_for(*, enabled: bool, base_url: str, account_sid: str) -> Telemetr
         if not (exc.name or "").startswith("opentelemetry"):
             raise
         return _SILENT  # the extra is not installed
-    return OtelTelemetry(base_url=base_url, account_sid=account_sid)
+    try:
+        return OtelTelemetry(base_url=base_url, account_sid=account_sid)
+    except Exception:
+        # An API older than the extra's bound, installed by another package, lacks
+        # what the instruments need: the client goes on without them.
+        logger.warning(
+            "telemetry is off: the installed opentelemetry-api cannot make its "
+            "instruments (ccm-async[otel] needs opentelemetry-api>=1.30)",
+            exc_info=True,
+        )
+        return _SILENT

@@ -75,6 +75,7 @@ async def test_a_fetch_exports_a_span_per_lookup_and_its_metrics_over_otlp(
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
         "OTEL_SERVICE_NAME": "nightly-sync",
         "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # one export, when the run ends
+        "OTEL_TRACES_EXPORTER": "",  # empty is unset: otlp
     }
     output = tmp_path / "calls.jsonl"
     done = await ccm({**env, **otel}, "fetch", "--otel", "-o", str(output), *found, missing)
@@ -135,6 +136,9 @@ async def test_otel_sdk_disabled_exports_nothing(
             {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
             b"needs pip install opentelemetry-exporter-otlp-proto-grpc",
         ),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, b"refused its settings: max_queue_size must be"),
+        ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, b"refused its settings: interval value 0.0 is"),
+        ({"OTEL_ATTRIBUTE_COUNT_LIMIT": "abc"}, b"OTEL_ATTRIBUTE_COUNT_LIMIT must be a non-"),
     ],
 )
 async def test_an_exporter_it_cannot_make_stops_the_run_before_it_starts(

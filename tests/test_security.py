@@ -179,6 +179,48 @@ async def test_a_server_that_echoes_the_credentials_gets_them_redacted(
     assert_no_secret(texts)
 
 
+def _json_escaped(text: str, escape: list[bool]) -> str:
+    """``text`` as a JSON string's content, the chosen characters as \\uXXXX."""
+    return "".join(
+        f"\\u{ord(char):04X}" if escaped else json.dumps(char)[1:-1]
+        for char, escaped in zip(text, escape, strict=False)
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    padding=st.integers(min_value=0, max_value=300),
+    escape=st.lists(st.booleans(), min_size=40, max_size=40),
+)
+async def test_credentials_echoed_in_any_json_escape_are_redacted(
+    padding: int, escape: list[bool]
+) -> None:
+    """However a server's JSON encoder escapes the echoed header (.NET writes + and =
+    as \\u002B and \\u003D), no part of the credentials reaches a message, even where
+    the message's bound would cut a redaction short."""
+    basic = SECRETS[1]
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        quoted = _json_escaped(basic, escape * 2) + " " + _json_escaped(TOKEN, escape)
+        message = "x" * padding + " denied " + quoted
+        body = '{"response": {"code": 500, "status": "failure", "error_data": '
+        body += '{"code": 1100, "message": "' + message + '"}}}'
+        return httpx.Response(500, content=body.encode())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(echo)) as http:
+        client = AsyncCcmClient(
+            api_key=KEY, api_token=TOKEN, account_sid="a", base_url="http://127.0.0.1",
+            http_client=http, retry=None,
+        )  # fmt: skip
+        with pytest.raises(ServerError) as failed:
+            await client.get_call(SAMPLE_SID)
+    texts = list(all_about(failed.value))
+    assert_no_secret(texts)
+    for secret in SECRETS:
+        fragments = {secret[i : i + 12] for i in range(len(secret) - 11)}
+        assert not any(fragment in text for fragment in fragments for text in texts)
+
+
 @settings(max_examples=200, deadline=None)
 @given(account_sid=SID_TEXT, call_sid=SID_TEXT)
 async def test_identifiers_cannot_steer_the_request(account_sid: str, call_sid: str) -> None:

@@ -11,10 +11,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import ccm_async._otel
+import ccm_async._telemetry
 from ccm_async import (
     AsyncCcmClient,
     CallNotFoundError,
@@ -387,3 +388,58 @@ def test_a_broken_install_is_not_taken_for_a_missing_extra(
     monkeypatch.setitem(sys.modules, "ccm_async._otel", None)
     with pytest.raises(ModuleNotFoundError, match=r"ccm_async\._otel"):
         fake.client()
+
+
+def test_an_api_too_old_for_the_instruments_leaves_telemetry_off(
+    fake: FakeCcm, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def old_meter(*args: object, **kwargs: object) -> object:
+        raise TypeError("create_histogram() got an unexpected keyword argument")
+
+    monkeypatch.setattr(metrics, "get_meter", old_meter)
+    client = fake.client()
+    assert type(client._setup.telemetry) is ccm_async._telemetry.Telemetry  # the silent one
+    assert "telemetry is off" in caplog.text
+
+
+async def test_a_batch_under_an_unsampled_trace_records_nothing(
+    fake: FakeCcm, telemetry: Telemetry
+) -> None:
+    fake.generate = True
+    unsampled = trace.SpanContext(
+        trace_id=0x1234, span_id=0x5678, is_remote=False, trace_flags=trace.TraceFlags(0)
+    )
+    async with fake.client() as client:
+        with trace.use_span(trace.NonRecordingSpan(unsampled)):
+            results = await client.get_calls([SAMPLE_SID, OTHER_SID])
+    assert all(result.ok for result in results)
+    assert telemetry.spans == []  # the application's sampling decision holds
+    assert _counts(telemetry.points()["ccm_async.lookups"], "ccm.outcome") == {"ok": 2}
+
+
+@pytest.mark.virtual_clock
+async def test_a_shared_request_outliving_its_first_caller_records_no_event_on_an_ended_span(
+    fake: FakeCcm, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.latency = 1.0
+    fake.fail(SAMPLE_SID, Fault.server_error(), times=2)
+    async with fake.client() as client, anyio.create_task_group() as group:
+        first = anyio.CancelScope()
+
+        async def first_caller() -> None:
+            with first:
+                await client.get_call(SAMPLE_SID)
+
+        group.start_soon(first_caller)
+        await wait_until(lambda: fake.request_count == 1)
+        async with anyio.create_task_group() as others:
+            others.start_soon(client.get_call, SAMPLE_SID)
+            await anyio.sleep(0.1)
+            first.cancel()
+    assert fake.requests_for(SAMPLE_SID) == 3
+    owner, joined = sorted(telemetry.lookups(), key=lambda span: span.start_time or 0)
+    assert owner.attributes["ccm.outcome"] == "cancelled"  # type: ignore[index]
+    assert joined.attributes["ccm.outcome"] == "ok"  # type: ignore[index]
+    assert joined.attributes["ccm.shared"] is True  # type: ignore[index]
+    assert all(span.parent == owner.context for span in telemetry.requests())
+    assert "ended span" not in caplog.text
