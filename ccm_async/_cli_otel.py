@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ccm_async._cli_summary import stderr_console
 from ccm_async._command import EXIT_USAGE
@@ -43,6 +43,12 @@ _INSTALL: Final = (
 )
 _EXPORTERS: Final = ("otlp", "console", "none")
 _PROTOCOLS: Final = ("http/protobuf", "grpc")
+_E = TypeVar("_E")
+# Each signal's OTLP exporter: its module under opentelemetry.exporter.otlp.proto.*, its class.
+_OTLP: Final = {
+    "TRACES": ("trace_exporter", "OTLPSpanExporter"),
+    "METRICS": ("metric_exporter", "OTLPMetricExporter"),
+}
 
 
 class OtelSetupError(Exception):
@@ -100,26 +106,25 @@ def _providers(environ: Mapping[str, str]) -> tuple[TracerProvider, MeterProvide
 
 
 def _span_exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
-    exporters: list[SpanExporter] = []
-    for name in _names(environ, "OTEL_TRACES_EXPORTER"):
-        if name == "console":
-            from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
-            exporters.append(ConsoleSpanExporter(out=sys.stderr))
-        elif name == "otlp":
-            exporters.append(_otlp(environ, "TRACES", "trace_exporter", "OTLPSpanExporter"))
-    return exporters
+    return _exporters(environ, "TRACES", lambda: ConsoleSpanExporter(out=sys.stderr))
 
 
 def _metric_exporters(environ: Mapping[str, str]) -> list[MetricExporter]:
-    exporters: list[MetricExporter] = []
-    for name in _names(environ, "OTEL_METRICS_EXPORTER"):
-        if name == "console":
-            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter  # noqa: PLC0415
 
-            exporters.append(ConsoleMetricExporter(out=sys.stderr))
+    return _exporters(environ, "METRICS", lambda: ConsoleMetricExporter(out=sys.stderr))
+
+
+def _exporters(environ: Mapping[str, str], signal: str, console: Callable[[], _E]) -> list[_E]:
+    """The exporters ``OTEL_{signal}_EXPORTER`` names: ``console()``, or OTLP's."""
+    exporters: list[_E] = []
+    for name in _names(environ, f"OTEL_{signal}_EXPORTER"):
+        if name == "console":
+            exporters.append(console())
         elif name == "otlp":
-            exporters.append(_otlp(environ, "METRICS", "metric_exporter", "OTLPMetricExporter"))
+            exporters.append(_otlp(environ, signal))
     return exporters
 
 
@@ -132,7 +137,7 @@ def _names(environ: Mapping[str, str], variable: str) -> list[str]:
     return names
 
 
-def _otlp(environ: Mapping[str, str], signal: str, module: str, name: str) -> Any:
+def _otlp(environ: Mapping[str, str], signal: str) -> Any:
     variable = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
     if variable not in environ:
         variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
@@ -140,6 +145,7 @@ def _otlp(environ: Mapping[str, str], signal: str, module: str, name: str) -> An
     if protocol not in _PROTOCOLS:
         raise OtelSetupError(f"{variable}={protocol!r} is not one of {', '.join(_PROTOCOLS)}")
     package = "grpc" if protocol == "grpc" else "http"
+    module, name = _OTLP[signal]
     try:
         exporters = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{package}.{module}")
     except ModuleNotFoundError as exc:

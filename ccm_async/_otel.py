@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 from contextvars import Token
 from types import TracebackType
-from typing import Final, ParamSpec
+from typing import Final, ParamSpec, Self
 
 import anyio
 import httpx
@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from ccm_async._errors import CallNotFoundError
-from ccm_async._telemetry import LookupTrace, RequestTrace, Telemetry, WaitReason
+from ccm_async._telemetry import LookupTrace, RequestTrace, Scope, Telemetry, WaitReason
 from ccm_async._version import __version__
 
 __all__ = ["OtelTelemetry"]
@@ -151,7 +151,41 @@ class _Origin:
         self.links: Final = links
 
 
-class _Lookup(LookupTrace):
+class _SpanScope(Scope):
+    """A span for the ``with`` block, current within it; what the block ended with is
+    recorded as it ends. Neither end raises (see :func:`_failed`)."""
+
+    __slots__ = ()
+    _span: Span
+    _token: Token[context.Context] | None
+
+    def __enter__(self) -> Self:
+        try:
+            self._start()
+        except Exception:  # see _failed
+            _failed(f"{type(self).__name__}._start")
+        return self
+
+    @_never_raises
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._record(exc)
+        finally:
+            _end(self._span, self._token)
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _record(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class _Lookup(_SpanScope, LookupTrace):
     __slots__ = ("_attempts", "_cache_hit", "_origin", "_shared", "_span", "_telemetry", "_token")
 
     def __init__(self, telemetry: OtelTelemetry, origin: _Origin | None) -> None:
@@ -162,13 +196,6 @@ class _Lookup(LookupTrace):
         self._shared = False
         self._span: Span = trace.INVALID_SPAN
         self._token: Token[context.Context] | None = None
-
-    def __enter__(self) -> LookupTrace:
-        try:
-            self._start()
-        except Exception:  # see _failed
-            _failed("a lookup's span")
-        return self
 
     def _start(self) -> None:
         attributes: _Attributes = {"ccm.account_sid": self._telemetry.account_sid}
@@ -183,18 +210,6 @@ class _Lookup(LookupTrace):
                 links=self._origin.links,
             )
         self._token = _make_current(self._span)
-
-    @_never_raises
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._record(exc)
-        finally:
-            _end(self._span, self._token)
 
     def _record(self, exc: BaseException | None) -> None:
         outcome = _outcome(exc)
@@ -243,7 +258,7 @@ class _Lookup(LookupTrace):
         return _Request(self._telemetry, self._span, url, attempt)
 
 
-class _Request(RequestTrace):
+class _Request(_SpanScope, RequestTrace):
     __slots__ = (
         "_attempt",
         "_counted",
@@ -267,13 +282,6 @@ class _Request(RequestTrace):
         self._counted = False
         self._started: float | None = None
 
-    def __enter__(self) -> RequestTrace:
-        try:
-            self._start()
-        except Exception:  # see _failed
-            _failed("a request's span")
-        return self
-
     def _start(self) -> None:
         telemetry = self._telemetry
         self._started = anyio.current_time()
@@ -294,18 +302,6 @@ class _Request(RequestTrace):
             attributes=attributes,
         )
         self._token = _make_current(self._span)
-
-    @_never_raises
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            self._record(exc)
-        finally:
-            _end(self._span, self._token)
 
     def _record(self, exc: BaseException | None) -> None:
         telemetry = self._telemetry

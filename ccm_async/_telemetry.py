@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
-__all__ = ["LookupTrace", "RequestTrace", "Telemetry", "WaitReason", "telemetry_for"]
+__all__ = ["LookupTrace", "RequestTrace", "Scope", "Telemetry", "WaitReason", "telemetry_for"]
 
 WaitReason = Literal["permit", "pause"]
 logger: Final = logging.getLogger("ccm_async")
 
 
-class RequestTrace:
-    """One HTTP attempt, from its send to its answer or failure."""
+class Scope:
+    """A trace is a ``with`` block: it ends with the block, and what ended it."""
 
     __slots__ = ()
 
-    def __enter__(self) -> RequestTrace:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -36,26 +36,21 @@ class RequestTrace:
         tb: TracebackType | None,
     ) -> None:
         return
+
+
+class RequestTrace(Scope):
+    """One HTTP attempt, from its send to its answer or failure."""
+
+    __slots__ = ()
 
     def answered(self, status: int) -> None:
         """The server answered with HTTP ``status``."""
 
 
-class LookupTrace:
+class LookupTrace(Scope):
     """One lookup, from ``get_call`` to its call or its error."""
 
     __slots__ = ()
-
-    def __enter__(self) -> LookupTrace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return
 
     def identify(self, call_sid: str) -> None:
         """The lookup is of ``call_sid`` (once the SID is known to be one)."""

@@ -131,6 +131,7 @@ INTERNAL = {
     "ccm_async._telemetry": {
         "LookupTrace",
         "RequestTrace",
+        "Scope",
         "Telemetry",
         "WaitReason",
         "telemetry_for",

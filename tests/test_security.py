@@ -160,15 +160,21 @@ class Echoing:
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
+@asynccontextmanager
+async def echoing_client() -> AsyncIterator[AsyncCcmClient]:
+    """A single-attempt client, one request at a time, of an :class:`Echoing` server."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Echoing())) as http:
+        yield AsyncCcmClient(
+            api_key=KEY, api_token=TOKEN, account_sid="a", base_url="http://127.0.0.1",
+            http_client=http, retry=None, max_concurrency=1,
+        )  # fmt: skip
+
+
 async def test_a_server_that_echoes_the_credentials_gets_them_redacted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Echoing())) as http:
-        client = AsyncCcmClient(
-            api_key=KEY, api_token=TOKEN, account_sid="a", base_url="http://127.0.0.1",
-            http_client=http, retry=None, max_concurrency=1,
-        )  # fmt: skip
+    async with echoing_client() as client:
         results = await client.get_calls(["s", "t", "u"])
     errors = [result.error for result in results]
     assert [type(error) for error in errors] == [ServerError, ResponseFormatError, RateLimitError]

@@ -28,7 +28,7 @@ from ccm_async import (
 from ccm_async.testing import FakeCcm, Fault
 from tests.conftest import SAMPLE_SID, stand_in_client, wait_until
 from tests.otel_support import Telemetry, recording
-from tests.test_security import KEY, TOKEN, Echoing, assert_no_secret
+from tests.test_security import assert_no_secret, echoing_client
 
 pytestmark = pytest.mark.anyio
 
@@ -316,11 +316,7 @@ async def test_a_batch_s_lookups_start_traces_linked_to_the_caller(
 
 
 async def test_no_span_or_metric_holds_the_credentials(telemetry: Telemetry) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Echoing())) as http:
-        client = AsyncCcmClient(
-            api_key=KEY, api_token=TOKEN, account_sid="a", base_url="http://127.0.0.1",
-            http_client=http, retry=None, max_concurrency=1,
-        )  # fmt: skip
+    async with echoing_client() as client:
         results = await client.get_calls(["s", "t", "u"])
     assert all(result.error for result in results)
     assert len(telemetry.requests()) == 3
