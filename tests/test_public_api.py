@@ -73,6 +73,7 @@ INTERNAL = {
         "open_job",
         "read_job",
     },
+    "ccm_async._cli_otel": {"exporting"},
     "ccm_async._cli_status": {"run_status", "status_lines"},
     "ccm_async._cli_summary": {"Summary", "error_code", "progress", "stderr_console"},
     "ccm_async._command": {"EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "main", "silence_stdout"},
