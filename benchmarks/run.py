@@ -135,6 +135,7 @@ def telemetry(quick: bool) -> dict[str, object]:
                 statistics.median(r["cpu_ms_per_lookup"] for r in results) * 1000, 1
             ),
             "errors": sum(r["errors"] for r in results),
+            "cpu_us_per_lookup_runs": [round(r["cpu_ms_per_lookup"] * 1000, 1) for r in results],
         }
         for client, results in cells.items()
     }

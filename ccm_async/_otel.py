@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from contextvars import Token
 from types import TracebackType
 from typing import Final, ParamSpec, Self
 
-import anyio
 import httpx
 from opentelemetry import context, metrics, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
@@ -75,6 +75,8 @@ class OtelTelemetry(Telemetry):
     """Telemetry through OpenTelemetry's global providers."""
 
     __slots__ = (
+        "_durations",
+        "_outcomes",
         "account_sid",
         "budget_denials",
         "duration",
@@ -93,6 +95,9 @@ class OtelTelemetry(Telemetry):
             "server.port": url.port or (443 if url.scheme == "https" else 80),
         }
         self.account_sid: Final = account_sid
+        # Metric attributes, a bounded set (statuses, error classes), made once each.
+        self._durations: dict[tuple[int | None, str | None], _Attributes] = {}
+        self._outcomes: dict[str, _Attributes] = {}
         self.tracer: Final = trace.get_tracer("ccm_async", __version__, schema_url=_SCHEMA_URL)
         meter = metrics.get_meter("ccm_async", __version__, schema_url=_SCHEMA_URL)
         self.duration: Final = meter.create_histogram(
@@ -123,6 +128,25 @@ class OtelTelemetry(Telemetry):
 
     def lookup(self, origin: object = None) -> LookupTrace:
         return _Lookup(self, origin if isinstance(origin, _Origin) else None)
+
+    def duration_attributes(self, status: int | None, error_type: str | None) -> _Attributes:
+        """A request duration's attributes, made once for each (status, error type)."""
+        attributes = self._durations.get((status, error_type))
+        if attributes is None:
+            attributes = {"http.request.method": "GET", **self.server}
+            if status is not None:
+                attributes["http.response.status_code"] = status
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            self._durations[status, error_type] = attributes
+        return attributes
+
+    def outcome_attributes(self, outcome: str) -> _Attributes:
+        """A lookup's count's attributes, made once for each outcome."""
+        attributes = self._outcomes.get(outcome)
+        if attributes is None:
+            attributes = self._outcomes[outcome] = {"ccm.outcome": outcome}
+        return attributes
 
     def batch_origin(self) -> object:
         try:
@@ -166,7 +190,6 @@ class _SpanScope(Scope):
             _failed(f"{type(self).__name__}._start")
         return self
 
-    @_never_raises
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -174,9 +197,12 @@ class _SpanScope(Scope):
         tb: TracebackType | None,
     ) -> None:
         try:
-            self._record(exc)
-        finally:
-            _end(self._span, self._token)
+            try:
+                self._record(exc)
+            finally:
+                _end(self._span, self._token)
+        except Exception:  # see _failed
+            _failed(f"{type(self).__name__}._record")
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -213,7 +239,7 @@ class _Lookup(_SpanScope, LookupTrace):
 
     def _record(self, exc: BaseException | None) -> None:
         outcome = _outcome(exc)
-        self._telemetry.lookups.add(1, {"ccm.outcome": outcome})
+        self._telemetry.lookups.add(1, self._telemetry.outcome_attributes(outcome))
         span = self._span
         if span.is_recording():
             span.set_attribute("ccm.attempts", self._attempts)
@@ -225,9 +251,9 @@ class _Lookup(_SpanScope, LookupTrace):
             if exc is not None:
                 span.set_status(Status(StatusCode.ERROR, _description(exc)))
 
-    @_never_raises
     def identify(self, call_sid: str) -> None:
-        self._span.set_attribute("ccm.call_sid", call_sid)
+        if self._span.is_recording():
+            self._span.set_attribute("ccm.call_sid", call_sid)
 
     def served_from_cache(self) -> None:
         self._cache_hit = True
@@ -284,7 +310,14 @@ class _Request(_SpanScope, RequestTrace):
 
     def _start(self) -> None:
         telemetry = self._telemetry
-        self._started = anyio.current_time()
+        self._started = time.perf_counter()
+        if self._attempt > 1:
+            telemetry.retries.add(1)
+        telemetry.in_flight.add(1, telemetry.server)
+        self._counted = True
+        # Under a lookup that no SDK traces, a request has nothing to record either.
+        if not self._parent.get_span_context().is_valid:
+            return
         attributes: _Attributes = {
             "http.request.method": "GET",
             **telemetry.server,
@@ -292,9 +325,6 @@ class _Request(_SpanScope, RequestTrace):
         }
         if self._attempt > 1:
             attributes["http.request.resend_count"] = self._attempt - 1
-            telemetry.retries.add(1)
-        telemetry.in_flight.add(1, telemetry.server)
-        self._counted = True
         self._span = telemetry.tracer.start_span(
             "GET",
             context=trace.set_span_in_context(self._parent),
@@ -307,18 +337,14 @@ class _Request(_SpanScope, RequestTrace):
         telemetry = self._telemetry
         if self._counted:
             telemetry.in_flight.add(-1, telemetry.server)
-        attributes: _Attributes = {"http.request.method": "GET", **telemetry.server}
         error_type = None
-        if self._status is not None:
-            attributes["http.response.status_code"] = self._status
-            if self._status >= 400:
-                error_type = str(self._status)
+        if self._status is not None and self._status >= 400:
+            error_type = str(self._status)
         if exc is not None:
             error_type = type(exc).__name__ if isinstance(exc, Exception) else "cancelled"
-        if error_type is not None:
-            attributes["error.type"] = error_type
         if self._started is not None:
-            telemetry.duration.record(anyio.current_time() - self._started, attributes)
+            attributes = telemetry.duration_attributes(self._status, error_type)
+            telemetry.duration.record(time.perf_counter() - self._started, attributes)
         span = self._span
         if span.is_recording():
             if self._status is not None:
