@@ -90,38 +90,11 @@ async def ccm_async_fast(base: str, call_sids: list[str], concurrency: int) -> i
     return await ccm_async(base, call_sids, concurrency, transport="aiohttp")
 
 
-async def ccm_async_without_telemetry(base: str, call_sids: list[str], concurrency: int) -> int:
-    return await ccm_async(base, call_sids, concurrency, telemetry=False)
-
-
-async def ccm_async_with_the_sdk(base: str, call_sids: list[str], concurrency: int) -> int:
-    """The default client under OpenTelemetry's SDK: spans batched to an in-memory
-    exporter, metrics to an in-memory reader (what a configured application pays,
-    its exporter's network aside)."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-    try:
-        return await ccm_async(base, call_sids, concurrency)
-    finally:
-        tracer_provider.shutdown()
-
-
 CLIENTS: dict[str, Runner] = {
     "httpx": tuned_httpx,
     "aiohttp": plain_aiohttp,
     "ccm_async": ccm_async,
     "ccm_async+aiohttp": ccm_async_fast,
-    "ccm_async-telemetry": ccm_async_without_telemetry,
-    "ccm_async+otel-sdk": ccm_async_with_the_sdk,
 }
 started = asyncio.Event()
 

@@ -116,42 +116,6 @@ def throughput(quick: bool) -> dict[str, object]:
     return {"count": count, "runs": runs, "table": table, "ratios": ratios}
 
 
-TELEMETRY_CLIENTS = ["ccm_async-telemetry", "ccm_async", "ccm_async+otel-sdk"]
-
-
-def telemetry(quick: bool) -> dict[str, object]:
-    """What telemetry costs per lookup: off (telemetry=False, as without the extra),
-    the default with OpenTelemetry's API and no SDK, and under the SDK."""
-    count, concurrency, runs = (300, 10, 1) if quick else (20_000, 100, 5)
-    cells: dict[str, list[dict[str, float]]] = {}
-    with server() as base:
-        for _ in range(runs):  # alternating, as the throughput table
-            for client in TELEMETRY_CLIENTS:
-                cells.setdefault(client, []).append(measure(client, base, concurrency, count))
-    table = {
-        client: {
-            "lookups_per_s": round(statistics.median(r["lookups_per_s"] for r in results)),
-            "cpu_us_per_lookup": round(
-                statistics.median(r["cpu_ms_per_lookup"] for r in results) * 1000, 1
-            ),
-            "errors": sum(r["errors"] for r in results),
-            "cpu_us_per_lookup_runs": [round(r["cpu_ms_per_lookup"] * 1000, 1) for r in results],
-        }
-        for client, results in cells.items()
-    }
-    off = table["ccm_async-telemetry"]["cpu_us_per_lookup"]
-    return {
-        "count": count,
-        "concurrency": concurrency,
-        "runs": runs,
-        "table": table,
-        "cpu_vs_off": {
-            client: round(table[client]["cpu_us_per_lookup"] / off, 3)
-            for client in TELEMETRY_CLIENTS[1:]
-        },
-    }
-
-
 def _ratio(table: dict[str, dict[str, dict[str, float]]], a: str, b: str, level: str) -> float:
     return round(table[a][level]["lookups_per_s"] / table[b][level]["lookups_per_s"], 2)
 
@@ -211,6 +175,11 @@ def command(quick: bool) -> dict[str, object]:
         timeout=7200,
     )
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def telemetry(quick: bool) -> dict[str, object]:
+    with server() as base:
+        return scenario("telemetry", "--base", base, *(["--quick"] if quick else []))
 
 
 def memory(quick: bool) -> dict[str, object]:

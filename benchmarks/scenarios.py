@@ -1,10 +1,11 @@
 """Benchmark scenarios that run inside one process: memory, request economy, pacing by the
-rate-limit headers, import time, client construction.
+rate-limit headers, import time, client construction, the telemetry's cost.
 
     python benchmarks/scenarios.py memory --count 1000000 --base URL
     python benchmarks/scenarios.py economy [--quick]
     python benchmarks/scenarios.py pacing [--quick]
     python benchmarks/scenarios.py import-time    # and ccm-async --version
+    python benchmarks/scenarios.py telemetry --base URL [--quick]
 
 Each prints one JSON object.
 """
@@ -237,10 +238,84 @@ async def construction(base: str, count: int) -> dict[str, object]:
     }
 
 
+async def telemetry(base: str, quick: bool) -> dict[str, object]:
+    """CPU per lookup with telemetry off and on, in one process: rounds alternate the
+    two clients, so the machine's drift (runs of one client differ by 30% here)
+    falls on both. First with OpenTelemetry's API alone (no SDK configured), then
+    with the SDK: spans batched to an exporter that drops them, metrics to a reader."""
+    rounds, count = (2, 100) if quick else (15, 2000)
+    sids = iter(f"{i:032x}" for i in range(10**9))
+
+    async def cpu_us_per_lookup(client: AsyncCcmClient) -> float:
+        batch = [next(sids) for _ in range(count)]
+        started = time.process_time()
+        results = await client.get_calls(batch)
+        spent = time.process_time() - started
+        assert all(result.ok for result in results)
+        return spent / count * 1e6
+
+    def client(*, telemetry: bool) -> AsyncCcmClient:
+        return AsyncCcmClient(
+            api_key="k",
+            api_token="t",
+            account_sid="bench-account",
+            base_url=base,
+            max_concurrency=100,
+            telemetry=telemetry,
+        )
+
+    async def paired(off: AsyncCcmClient, on: AsyncCcmClient) -> dict[str, float]:
+        pairs = [(await cpu_us_per_lookup(off), await cpu_us_per_lookup(on)) for _ in range(rounds)]
+        return {
+            "off_us": round(statistics.median(a for a, _ in pairs), 1),
+            "on_us": round(statistics.median(b for _, b in pairs), 1),
+            "ratio": round(statistics.median(b / a for a, b in pairs), 3),
+        }
+
+    async with client(telemetry=False) as off, client(telemetry=True) as on:
+        for each in (off, on):
+            await cpu_us_per_lookup(each)  # warm: connections, imports
+        api_only = await paired(off, on)
+        _configure_the_sdk()
+        with_the_sdk = await paired(off, on)
+    return {
+        "scenario": "telemetry",
+        "rounds": rounds,
+        "lookups_per_round": count,
+        "api_without_sdk": api_only,
+        "sdk_in_memory": with_the_sdk,
+    }
+
+
+def _configure_the_sdk() -> None:
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class Discarding(SpanExporter):
+        """An exporter that keeps nothing: the SDK's cost, without a network's, and
+        without a heap of kept spans slowing the collector."""
+
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discarding()))
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "scenario", choices=["memory", "economy", "pacing", "import-time", "construction"]
+        "scenario",
+        choices=["memory", "economy", "pacing", "import-time", "construction", "telemetry"],
     )
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--base", default="")
@@ -252,6 +327,8 @@ def main() -> None:
         result = asyncio.run(economy(args.quick))
     elif args.scenario == "pacing":
         result = asyncio.run(pacing(args.quick))
+    elif args.scenario == "telemetry":
+        result = asyncio.run(telemetry(args.base, args.quick))
     elif args.scenario == "construction":
         result = asyncio.run(construction(args.base, 100 if args.quick else 1000))
     else:
