@@ -138,7 +138,8 @@ async def test_otel_sdk_disabled_exports_nothing(
         ),
         ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, b"refused its settings: max_queue_size must be"),
         ({"OTEL_METRIC_EXPORT_INTERVAL": "0"}, b"refused its settings: interval value 0.0 is"),
-        ({"OTEL_ATTRIBUTE_COUNT_LIMIT": "abc"}, b"OTEL_ATTRIBUTE_COUNT_LIMIT must be a non-"),
+        # The SDK's own words vary: 1.30's message for it fails its own formatting.
+        ({"OTEL_ATTRIBUTE_COUNT_LIMIT": "abc"}, b"OpenTelemetry's SDK refused its settings:"),
     ],
 )
 async def test_an_exporter_it_cannot_make_stops_the_run_before_it_starts(
