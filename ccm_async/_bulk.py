@@ -3,7 +3,9 @@
 :func:`stream_results` is ``AsyncCcmClient.stream_calls``: ``concurrency``
 workers take items from the source lazily (memory does not grow with the
 number of SIDs), look each one up with ``get_call``, and send its
-:class:`CallResult` down a bounded stream. One SID's failure (a
+:class:`CallResult`, which carries the item, down a bounded stream. Items are
+SIDs, or anything a ``sid`` function takes the SID from (a queue's message);
+what that function raises is the caller's own bug and stops the stream. One SID's failure (a
 :class:`CcmError`, an invalid SID or a non-string item included) is that SID's
 result. What the lookup or the source raises otherwise stops the whole stream
 and is raised as itself, never inside an ``ExceptionGroup``: the source's own
@@ -24,10 +26,11 @@ from collections.abc import (
     Iterator,
 )
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.abc
+import attrs
 
 from ccm_async._config import call_sid_of
 from ccm_async._errors import (
@@ -47,6 +50,8 @@ _END: Final = object()  # the source is exhausted (None is an item like any othe
 _STOPS_THE_BATCH: Final = (AuthenticationError, ConfigurationError, ClientClosedError)
 
 _GetCall = Callable[[str], Awaitable[CallDetails]]
+SidOf = Callable[[Any], object]
+"""A batch's ``sid`` function: an item's call SID."""
 
 
 @asynccontextmanager
@@ -55,6 +60,7 @@ async def stream_results(
     *,
     get_call: _GetCall,
     concurrency: int,
+    sid: SidOf | None = None,
 ) -> AsyncGenerator[AsyncIterator[CallResult]]:
     """The result of every item, as they complete."""
     source = _aiter(items)
@@ -70,7 +76,7 @@ async def stream_results(
                         item = await anext(source, _END)
                     if item is _END:
                         return
-                    outcome = await _result(get_call, item)
+                    outcome = await _result(get_call, item if sid is None else sid(item), item)
                 except anyio.get_cancelled_exc_class():
                     raise
                 except BaseException as exc:
@@ -108,38 +114,45 @@ async def gather_results(
     *,
     get_call: _GetCall,
     concurrency: int,
+    sid: SidOf | None = None,
 ) -> list[CallResult]:
     """One result per input position, in input order; each distinct SID looked up once."""
     items = list(items)
+    sids = items if sid is None else [sid(item) for item in items]
     # Keyed by the plain string: a str subclass's own hash or __str__ (an Enum's)
     # must not split one SID in two. A non-string is never a SID (and may not be
     # hashable): its result is made on its own.
-    keys = [call_sid_of(item) if isinstance(item, str) else None for item in items]
+    keys = [call_sid_of(each) if isinstance(each, str) else None for each in sids]
     distinct = dict.fromkeys(key for key in keys if key is not None)
     by_sid: dict[str, CallResult] = {}
     async with stream_results(distinct, get_call=get_call, concurrency=concurrency) as results:
         async for outcome in results:
             by_sid[outcome.call_sid] = outcome
     return [
-        by_sid[key] if key is not None else await _result(get_call, item)
-        for key, item in zip(keys, items, strict=True)
+        _for_item(by_sid[key], item) if key is not None else await _result(get_call, each, item)
+        for key, each, item in zip(keys, sids, items, strict=True)
     ]
 
 
-async def _result(get_call: _GetCall, item: object) -> CallResult:
+def _for_item(shared: CallResult, item: object) -> CallResult:
+    # Duplicates share one lookup; each position keeps its own item.
+    return shared if shared.item is item else attrs.evolve(shared, item=item)
+
+
+async def _result(get_call: _GetCall, call_sid: object, item: object) -> CallResult:
     try:
-        call = await get_call(item)  # type: ignore[arg-type]  # checked there
+        call = await get_call(call_sid)  # type: ignore[arg-type]  # checked there
     except _STOPS_THE_BATCH:
         raise
     except CcmError as exc:
         forget_frames(exc)  # again: the frames of single-flight's task have ended now
-        return CallResult(call_sid=_sid_of(item, exc), error=exc)
-    return CallResult(call_sid=call_sid_of(item), call=call)
+        return CallResult(call_sid=_sid_of(call_sid, exc), error=exc, item=item)
+    return CallResult(call_sid=call_sid_of(call_sid), call=call, item=item)
 
 
-def _sid_of(item: object, error: CcmError) -> str:
-    # A non-string item is named by its error's short printable repr.
-    return call_sid_of(item) if isinstance(item, str) else error.call_sid or shown(item)
+def _sid_of(call_sid: object, error: CcmError) -> str:
+    # A non-string is named by its error's short printable repr.
+    return call_sid_of(call_sid) if isinstance(call_sid, str) else error.call_sid or shown(call_sid)
 
 
 def _aiter(items: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:

@@ -31,7 +31,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -51,6 +51,8 @@ from ccm_async._telemetry import LookupTrace
 from ccm_async._throttle import RateLimit
 
 __all__ = ["AsyncCcmClient"]
+
+_Item = TypeVar("_Item")
 
 logger: Final = logging.getLogger("ccm_async")
 logger.addHandler(logging.NullHandler())  # a library leaves output to the application
@@ -236,35 +238,68 @@ class AsyncCcmClient:
                 call_sid, lambda: self._lookup(call_sid, trace), self._group, on_join=trace.shared
             )
 
+    @overload
     async def get_calls(
-        self, call_sids: Iterable[str], *, concurrency: int | None = None
+        self, items: Iterable[str], *, concurrency: int | None = None, sid: None = None
+    ) -> list[CallResult]: ...
+    @overload
+    async def get_calls(
+        self, items: Iterable[_Item], *, concurrency: int | None = None, sid: Callable[[_Item], str]
+    ) -> list[CallResult]: ...
+    async def get_calls(
+        self,
+        items: Iterable[Any],
+        *,
+        concurrency: int | None = None,
+        sid: Callable[[Any], str] | None = None,
     ) -> list[CallResult]:
         """Fetch many calls; one :class:`CallResult` per input position, in input order.
 
-        Each distinct SID is fetched once. One SID's failure (not found, retries
-        exhausted, an invalid SID, a non-string item) is that SID's ``error``; it
+        ``items`` are call SIDs, or anything ``sid`` takes a call's SID from (a
+        queue's message, a row); each result's ``item`` is its input item. Each
+        distinct SID is fetched once. One SID's failure (not found, retries
+        exhausted, an invalid SID, a non-string SID) is that item's ``error``; it
         never fails the batch. An :class:`AuthenticationError` or
         :class:`ConfigurationError` is not one SID's problem: it stops the batch
         at once (no further requests, in-flight ones cancelled) and is raised, as
-        is :class:`ClientClosedError` when the client is closed under the batch.
-        ``concurrency`` is the number of lookups in progress (default: the
-        client's ``max_concurrency``).
+        is :class:`ClientClosedError` when the client is closed under the batch,
+        and whatever ``sid`` raises (a bug of the caller's). ``concurrency`` is
+        the number of lookups in progress (default: the client's ``max_concurrency``).
         """
         return await gather_results(
-            call_sids, get_call=self._batch_lookups(), concurrency=self._workers(concurrency)
+            items, get_call=self._batch_lookups(), concurrency=self._workers(concurrency), sid=sid
         )
 
+    @overload
     def stream_calls(
         self,
-        call_sids: Iterable[str] | AsyncIterable[str],
+        items: Iterable[str] | AsyncIterable[str],
         *,
         concurrency: int | None = None,
+        sid: None = None,
+    ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]: ...
+    @overload
+    def stream_calls(
+        self,
+        items: Iterable[_Item] | AsyncIterable[_Item],
+        *,
+        concurrency: int | None = None,
+        sid: Callable[[_Item], str],
+    ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]: ...
+    def stream_calls(
+        self,
+        items: Iterable[Any] | AsyncIterable[Any],
+        *,
+        concurrency: int | None = None,
+        sid: Callable[[Any], str] | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]:
         """Fetch calls and yield their :class:`CallResult` as they complete.
 
-        ``call_sids`` may be any iterable or async iterable (an event stream, a
-        generator over a file): a fixed set of ``concurrency`` workers pulls from it
-        lazily, so memory does not grow with the number of SIDs. One result per
+        ``items`` may be any iterable or async iterable (an event stream, a
+        generator over a file) of call SIDs, or of anything ``sid`` takes a call's
+        SID from; each result's ``item`` is its input item, so a consumer acks the
+        message a result is for. A fixed set of ``concurrency`` workers pulls from
+        it lazily, so memory does not grow with the number of items. One result per
         input item, duplicates and non-strings included. Leaving the block early
         (break, exception, cancellation) stops reading the input (closing an async
         generator), cancels lookups in flight, and returns only when nothing it
@@ -278,7 +313,7 @@ class AsyncCcmClient:
                     ...
         """
         return stream_results(
-            call_sids, get_call=self._batch_lookups(), concurrency=self._workers(concurrency)
+            items, get_call=self._batch_lookups(), concurrency=self._workers(concurrency), sid=sid
         )
 
     def _batch_lookups(self) -> Callable[[str], Awaitable[CallDetails]]:

@@ -13,7 +13,7 @@ value from Exotel never fails a lookup; both compare equal to the string.
 import datetime as dt
 import enum
 from collections.abc import Mapping
-from typing import cast
+from typing import Any, cast
 
 import attrs
 
@@ -168,11 +168,16 @@ class CallResult:
         call: the details, when the lookup succeeded.
         error: the :class:`CcmError`, when it failed (not found, retries exhausted,
             an invalid SID).
+        item: the input item this result is for: the SID itself, or what a batch's
+            ``sid`` function took the SID from (a queue's message, say). It is left
+            out of the repr, which a large message would fill.
     """
 
     call_sid: str
     call: CallDetails | None = None
     error: CcmError | None = None
+    # Any, not object: a consumer acks ``result.item`` as the type it put in.
+    item: Any = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if (self.call is None) == (self.error is None):

@@ -7,6 +7,7 @@ import tracemalloc
 from collections.abc import AsyncGenerator
 
 import anyio
+import attrs
 import httpcore
 import httpx
 import pytest
@@ -358,3 +359,75 @@ async def test_memory_does_not_grow_with_the_number_of_sids() -> None:
             tracemalloc.stop()
     # Ten times the SIDs: the peak stays within a fixed margin, not ten times higher.
     assert large_peak < small_peak + 512 * 1024
+
+
+@attrs.frozen
+class Message:
+    """A queue's message, as a consumer receives it: the SID is one of its fields."""
+
+    id: int
+    body: dict[str, object]
+
+
+def sid_of_message(message: Message) -> str:
+    return message.body["call_sid"]  # type: ignore[return-value]  # a wrong type is a result
+
+
+async def test_stream_results_carry_their_message() -> None:
+    fake = FakeCcm(generate=True, missing_rate=0.3, seed=5)
+    sids: list[object] = [f"call-{i % 40}" for i in range(100)] + ["../x", None, 7]
+    messages = [Message(i, {"call_sid": sid}) for i, sid in enumerate(sids)]
+    async with (
+        fake.client(max_concurrency=8) as client,
+        client.stream_calls(iter(messages), sid=sid_of_message) as results,
+    ):
+        received = [result async for result in results]
+    assert sorted(result.item.id for result in received) == list(range(len(messages)))
+    for result in received:
+        sid = result.item.body["call_sid"]
+        if not isinstance(sid, str) or sid == "../x":
+            assert isinstance(result.error, InvalidCallSidError)
+        elif fake.has_call(sid):
+            assert result.unwrap().call_sid == sid == result.call_sid
+        else:
+            assert isinstance(result.error, CallNotFoundError)
+            assert result.call_sid == sid
+
+
+async def test_get_calls_gives_each_position_its_own_item() -> None:
+    fake = FakeCcm(generate=True)
+    messages = [Message(i, {"call_sid": sid}) for i, sid in enumerate(["a", "b", "a", "a", 5])]
+    async with fake.client() as client:
+        results = await client.get_calls(messages, sid=sid_of_message)
+    assert [result.item for result in results] == messages
+    assert [result.call_sid for result in results] == ["a", "b", "a", "a", "5"]
+    assert results[0].call is results[2].call is results[3].call
+    assert isinstance(results[4].error, InvalidCallSidError)
+    assert fake.request_count == 2
+    assert "Message" not in repr(results[0])  # a large message does not fill the repr
+
+
+async def test_without_sid_the_item_is_the_sid_as_given() -> None:
+    fake = FakeCcm(generate=True)
+    items: list[object] = ["a", "a", 42]
+    async with fake.client() as client:
+        gathered = await client.get_calls(items)  # type: ignore[arg-type]  # a caller's mistake
+        async with client.stream_calls(items) as results:  # type: ignore[arg-type]
+            streamed = [result async for result in results]
+    assert [result.item for result in gathered] == items
+    assert sorted(map(repr, (result.item for result in streamed))) == sorted(map(repr, items))
+
+
+@pytest.mark.parametrize("batch", ["get_calls", "stream_calls"])
+async def test_a_failing_sid_function_stops_the_batch_as_itself(batch: str) -> None:
+    fake = FakeCcm(generate=True)
+    messages = [Message(i, {"call_sid": f"s{i}"}) for i in range(50)] + [Message(50, {})]
+    async with fake.client(max_concurrency=4) as client:
+        with pytest.raises(KeyError, match="call_sid"):
+            if batch == "get_calls":
+                await client.get_calls(messages, sid=sid_of_message)
+            else:
+                async with client.stream_calls(messages, sid=sid_of_message) as results:
+                    async for _ in results:
+                        pass
+        assert fake.in_flight == 0
