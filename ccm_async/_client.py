@@ -61,10 +61,13 @@ logger.addHandler(logging.NullHandler())  # a library leaves output to the appli
 class AsyncCcmClient:
     """An async client for Exotel's CCM Get Call Details API.
 
-    Use it as ``async with AsyncCcmClient(...) as ccm:``. Inside that block,
-    concurrent lookups of one SID share one request (single-flight); a client
-    used without it (closed with :meth:`aclose`) works the same otherwise. It
-    owns one pooled ``httpx.AsyncClient``, or uses ``http_client`` if given,
+    Use it as ``async with AsyncCcmClient(...) as ccm:``, or make it once (a
+    web app's module, say) and close it with :meth:`aclose`. Either way,
+    concurrent lookups of one SID share one request (single-flight), and
+    cancelling one of their callers never fails the others: inside the block
+    the request runs in the client's own task, without it a waiter takes over
+    from a cancelled first caller with a request of its own. It owns one pooled
+    ``httpx.AsyncClient``, or uses ``http_client`` if given,
     which it then leaves open for its owner to close.
 
     Args:

@@ -1,10 +1,14 @@
 """Single-flight for concurrent lookups of one SID, and the terminal-call cache.
 
-A flight runs in the client's task group (the client must be entered with
-``async with`` for flights to be shared). Every caller, the first included,
-waits for the flight; a cancelled caller only stops waiting. The flight's
-request is cancelled when its last caller has gone, and that caller returns
-only after the request has unwound, so nothing outlives the code that asked.
+Concurrent lookups of one SID share one request, whether or not the client is
+used as ``async with``. Inside that block the flight runs in the client's task
+group: every caller, the first included, waits for it, and a cancelled caller
+only stops waiting. The request is cancelled when its last caller has gone, and
+that caller returns only after the request has unwound, so nothing outlives the
+code that asked. Without the block there is no task of the client's own: the
+first caller runs the request in its task, and if it is cancelled while others
+wait, the flight is abandoned and a waiter takes over with a request of its own
+(the work cannot move to another task); the others then join that one.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ _T = TypeVar("_T")
 
 
 class _Flight(Generic[_T]):
-    def __init__(self) -> None:
+    def __init__(self, *, in_caller: bool) -> None:
+        self.in_caller = in_caller  # run in its first caller's task, not the client's group
         self.waiters = 0
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.result: _T | None = None
         self.error: Exception | None = None
+        self.abandoned = False  # its caller was cancelled: a waiter takes over
 
 
 class SingleFlight(Generic[_T]):
@@ -52,17 +58,24 @@ class SingleFlight(Generic[_T]):
     ) -> _T:
         """The result of ``work()``, shared with concurrent calls for ``key``.
 
-        Without a task group to run flights in, ``work`` runs in the caller's task.
+        The flight runs in ``group``, or without one in the caller's task.
         ``on_join`` is called when this call joins another's flight.
         """
-        if group is None:
-            return await work()
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = self._flights[key] = _Flight()
-            group.start_soon(self._fly, key, flight, work)
-        else:
-            on_join()
+        while True:
+            flight = self._flights.get(key)
+            if flight is not None:
+                on_join()
+            elif group is None:
+                return await self._run_here(key, work)
+            else:
+                flight = self._flights[key] = _Flight(in_caller=False)
+                group.start_soon(self._fly, key, flight, work)
+            await self._wait(key, flight)
+            if not flight.abandoned:
+                return self._outcome(key, flight)
+            # The caller that ran it was cancelled: this one runs (or joins) the next.
+
+    async def _wait(self, key: str, flight: _Flight[_T]) -> None:
         flight.waiters += 1
         try:
             await flight.done.wait()
@@ -70,6 +83,9 @@ class SingleFlight(Generic[_T]):
             await self._leave(key, flight)
             raise
         flight.waiters -= 1
+
+    @staticmethod
+    def _outcome(key: str, flight: _Flight[_T]) -> _T:
         if flight.error is not None:
             raise flight.error
         if flight.result is None:
@@ -78,14 +94,27 @@ class SingleFlight(Generic[_T]):
 
     async def _leave(self, key: str, flight: _Flight[_T]) -> None:
         flight.waiters -= 1
-        if flight.waiters or flight.done.is_set():
+        if flight.waiters or flight.in_caller or flight.done.is_set():
             return
         # The last caller is gone: cancel the request and see it unwind.
-        if self._flights.get(key) is flight:
-            del self._flights[key]
+        self._forget(key, flight)
         flight.scope.cancel()
         with anyio.CancelScope(shield=True):
             await flight.done.wait()
+
+    async def _run_here(self, key: str, work: Callable[[], Awaitable[_T]]) -> _T:
+        flight = self._flights[key] = _Flight[_T](in_caller=True)
+        try:
+            flight.result = await work()
+        except Exception as exc:
+            flight.error = exc
+            raise
+        except BaseException:
+            flight.abandoned = True  # cancelled, or interrupted: not an outcome to share
+            raise
+        finally:
+            self._land(key, flight)
+        return flight.result
 
     async def _fly(self, key: str, flight: _Flight[_T], work: Callable[[], Awaitable[_T]]) -> None:
         try:
@@ -94,9 +123,17 @@ class SingleFlight(Generic[_T]):
         except Exception as exc:
             flight.error = exc
         finally:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            flight.done.set()
+            self._land(key, flight)
+
+    def _land(self, key: str, flight: _Flight[_T]) -> None:
+        """The flight is over: its waiters are woken."""
+        self._forget(key, flight)
+        flight.done.set()
+
+    def _forget(self, key: str, flight: _Flight[_T]) -> None:
+        """New callers of ``key`` no longer join ``flight``."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
 
 
 class TerminalCache:

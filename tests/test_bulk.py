@@ -431,3 +431,95 @@ async def test_a_failing_sid_function_stops_the_batch_as_itself(batch: str) -> N
                     async for _ in results:
                         pass
         assert fake.in_flight == 0
+
+
+@pytest.mark.virtual_clock
+async def test_single_flight_without_async_with() -> None:
+    fake = FakeCcm(generate=True, latency=0.05)
+    client = fake.client()  # a module-level client, as a web app keeps one
+    try:
+        async with anyio.create_task_group() as group:
+            got = [group.start_soon(client.get_call, "popular") for _ in range(50)]
+        assert len(got) == 50
+        assert fake.request_count == 1
+    finally:
+        await client.aclose()
+
+
+async def lookups_under_a_cancelled_first_caller(
+    client: AsyncCcmClient, fake: FakeCcm, sid: str
+) -> list[CallDetails]:
+    """The first caller is cancelled while its request is out and three others wait."""
+    got: list[CallDetails] = []
+
+    async def lookup() -> None:
+        got.append(await client.get_call(sid))
+
+    async with anyio.create_task_group() as group, anyio.create_task_group() as first:
+        first.start_soon(lookup)
+        await wait_until(lambda: fake.in_flight == 1)
+        for _ in range(3):
+            group.start_soon(lookup)
+        await anyio.wait_all_tasks_blocked()
+        first.cancel_scope.cancel()
+    return got
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("entered", [True, False], ids=["async-with", "module-level"])
+async def test_cancelling_the_first_caller_never_fails_the_others(entered: bool) -> None:
+    fake = FakeCcm(generate=True, latency=1.0)
+    client = fake.client()
+    try:
+        if entered:
+            await client.__aenter__()
+        got = await lookups_under_a_cancelled_first_caller(client, fake, "hot")
+        assert len(got) == 3
+        assert all(call is got[0] and call.call_sid == "hot" for call in got)
+        # Inside the block the first request answered them all; without it a waiter
+        # took over with a request of its own.
+        assert fake.requests_for("hot") == (1 if entered else 2)
+    finally:
+        if entered:
+            await client.__aexit__(None, None, None)
+        else:
+            await client.aclose()
+    await wait_until(lambda: fake.in_flight == 0)
+
+
+@pytest.mark.virtual_clock
+async def test_module_level_flights_share_errors_and_let_waiters_leave_at_once() -> None:
+    fake = FakeCcm(generate=True, latency=1.0)
+    fake.fail("bad", Fault.server_error())
+    client = fake.client(retry=None)
+    errors: list[ServerError] = []
+    left_at: list[float] = []
+
+    async def lookup() -> None:
+        try:
+            await client.get_call("bad")
+        except ServerError as exc:
+            errors.append(exc)
+
+    async def impatient() -> None:
+        with anyio.move_on_after(0.25):
+            await client.get_call("bad")
+        left_at.append(anyio.current_time())
+
+    try:
+        started = anyio.current_time()
+        async with anyio.create_task_group() as group:
+            group.start_soon(lookup)
+            await wait_until(lambda: fake.in_flight == 1)
+            group.start_soon(impatient)
+            for _ in range(4):
+                group.start_soon(lookup)
+        assert fake.request_count == 1
+        assert len(errors) == 5
+        assert all(error is errors[0] for error in errors)
+        # A waiter's leaving does not wait for a request its first caller runs.
+        assert left_at[0] - started < 0.5
+        await client.get_call("after")
+        assert fake.requests_for("after") == 1
+    finally:
+        await client.aclose()
