@@ -22,7 +22,7 @@ from ccm_async._convert import decode_response
 from ccm_async._errors import ApiError, CcmError, RateLimitError, TransportError
 from ccm_async._loops import current_loop
 from ccm_async._models import CallDetails, ClientStats
-from ccm_async._retry import Lookup, RetryBudget, is_retryable
+from ccm_async._retry import Deadline, Lookup, RetryBudget, is_retryable
 from ccm_async._setup import Setup
 from ccm_async._stats import Counters
 from ccm_async._telemetry import LookupTrace
@@ -48,10 +48,12 @@ class Attempts:
         """A snapshot of the counters."""
         return self._counters.snapshot(self._throttle.limiter)
 
-    def lookup(self, call_sid: str, trace: LookupTrace) -> Lookup:
+    def lookup(self, call_sid: str, trace: LookupTrace, callers: Deadline) -> Lookup:
         """The retry state of a new lookup of ``call_sid``, on the running event loop."""
         self._follow_the_event_loop()
-        return Lookup(call_sid, self._setup.policy, self._budget, self._deny_retry, trace)
+        return Lookup(
+            call_sid, self._setup.policy, self._budget, self._deny_retry, trace, callers=callers
+        )
 
     def _deny_retry(self) -> None:
         self._counters.deny_retry()
@@ -72,10 +74,11 @@ class Attempts:
         """One attempt of ``lookup``: the call, or the error this attempt met."""
         if lookup.attempts:
             self._counters.retries += 1
-        # The deadline runs from the first send, or from the start of a wait for the
-        # client's pause if that comes first. Queueing for a first slot and a first
-        # permit does not count: those are the client's own bounds, which a bulk
-        # fetch at 200/min waits on by design. From then on every wait counts, and
+        # The policy's deadline runs from the first send, or from the start of a wait
+        # for the client's pause if that comes first. Queueing for a first slot and a
+        # first permit does not count: those are the client's own bounds, which a bulk
+        # fetch at 200/min waits on by design (a caller's own timeout bounds them
+        # all, from the moment it called). From then on every wait counts, and
         # the lookup queues for slots ahead of first attempts. The pause is waited
         # holding nothing, and looked at again just before the send: it may have
         # begun (another lookup's 429) while this one waited for a slot or a permit.
@@ -84,7 +87,7 @@ class Attempts:
             if await lookup.wait_out_pause(pause):
                 self._counters.rate_limit_waits += 1
                 lookup.trace.waited(pause, "pause")
-            with anyio.CancelScope(deadline=lookup.deadline) as scope:
+            with lookup.callers.bound(lookup) as scope:
                 async with (
                     self._slots.hold(retry=lookup.started),
                     self._throttle.permit() as permit,

@@ -45,8 +45,14 @@ from ccm_async._errors import CcmError, ClientClosedError, forget_frames
 from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._polling import poll_until_terminal
-from ccm_async._retry import RetryPolicy
-from ccm_async._setup import DEFAULT_RETRY, MAX_CONCURRENCY_LIMIT, check_count, client_setup
+from ccm_async._retry import Deadline, RetryPolicy, timed_out
+from ccm_async._setup import (
+    DEFAULT_RETRY,
+    MAX_CONCURRENCY_LIMIT,
+    check_count,
+    check_lookup_timeout,
+    client_setup,
+)
 from ccm_async._telemetry import LookupTrace
 from ccm_async._throttle import RateLimit
 
@@ -212,11 +218,24 @@ class AsyncCcmClient:
             scope.cancel()
         await self._setup.engine.aclose()
 
-    async def get_call(self, call_sid: str) -> CallDetails:
+    async def get_call(
+        self,
+        call_sid: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a deadline the lookup plans its waits by
+    ) -> CallDetails:
         """The details of one call, retried as the client's :class:`RetryPolicy` says.
 
         A terminal call in the cache is returned without a request; concurrent
         lookups of one SID share one request.
+
+        ``timeout`` bounds this lookup from now, everything included: queueing for
+        a slot and a rate-limit permit, the client's pause after a 429, attempts
+        and backoff. A wait that would outlast it is not begun: the lookup fails
+        at once with the error that stopped it (a :class:`RateLimitError` whose
+        ``retry_after`` is the pause still to run, or the last attempt's error),
+        and never later than its deadline (then a :class:`RequestTimeoutError`).
+        A request other callers share goes on for them.
 
         Raises:
             InvalidCallSidError: before any request, if ``call_sid`` cannot be one.
@@ -224,10 +243,17 @@ class AsyncCcmClient:
             ApiError, TransportError, ResponseFormatError: see the exception tree;
             ``attempts`` on the error says how many requests were sent.
         """
-        return await self._get_call(call_sid)
+        return await self._get_call(call_sid, timeout=timeout)
 
-    async def _get_call(self, call_sid: str, origin: object = None) -> CallDetails:
+    async def _get_call(
+        self,
+        call_sid: str,
+        origin: object = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> CallDetails:
         """:meth:`get_call`, its trace linked to a batch's ``origin`` if given."""
+        check_lookup_timeout(timeout)
+        deadline = float("inf") if timeout is None else anyio.current_time() + timeout
         with self._setup.telemetry.lookup(origin) as trace:
             call_sid = validate_call_sid(call_sid)
             trace.identify(call_sid)
@@ -237,17 +263,39 @@ class AsyncCcmClient:
             if cached is not None:
                 trace.served_from_cache()
                 return cached
-            return await self._flights.call(
-                call_sid, lambda: self._lookup(call_sid, trace), self._group, on_join=trace.shared
+            shared = self._flights.call(
+                call_sid,
+                lambda callers: self._lookup(call_sid, trace, callers),
+                self._group,
+                deadline=deadline,
+                on_join=trace.shared,
+            )
+            if timeout is None:
+                return await shared
+            # The caller stops waiting at its own deadline, whoever else still waits.
+            with anyio.CancelScope(deadline=deadline):
+                return await shared
+            raise timed_out(
+                f"no answer within this lookup's timeout of {timeout:g}s", call_sid=call_sid
             )
 
     @overload
     async def get_calls(
-        self, items: Iterable[str], *, concurrency: int | None = None, sid: None = None
+        self,
+        items: Iterable[str],
+        *,
+        concurrency: int | None = None,
+        sid: None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - each lookup's own deadline
     ) -> list[CallResult]: ...
     @overload
     async def get_calls(
-        self, items: Iterable[_Item], *, concurrency: int | None = None, sid: Callable[[_Item], str]
+        self,
+        items: Iterable[_Item],
+        *,
+        concurrency: int | None = None,
+        sid: Callable[[_Item], str],
+        timeout: float | None = None,  # noqa: ASYNC109 - each lookup's own deadline
     ) -> list[CallResult]: ...
     async def get_calls(
         self,
@@ -255,6 +303,7 @@ class AsyncCcmClient:
         *,
         concurrency: int | None = None,
         sid: Callable[[Any], str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - each lookup's own deadline
     ) -> list[CallResult]:
         """Fetch many calls; one :class:`CallResult` per input position, in input order.
 
@@ -267,10 +316,14 @@ class AsyncCcmClient:
         at once (no further requests, in-flight ones cancelled) and is raised, as
         is :class:`ClientClosedError` when the client is closed under the batch,
         and whatever ``sid`` raises (a bug of the caller's). ``concurrency`` is
-        the number of lookups in progress (default: the client's ``max_concurrency``).
+        the number of lookups in progress (default: the client's ``max_concurrency``);
+        ``timeout`` bounds each lookup as in :meth:`get_call`, from its start.
         """
         return await gather_results(
-            items, get_call=self._batch_lookups(), concurrency=self._workers(concurrency), sid=sid
+            items,
+            get_call=self._batch_lookups(timeout),
+            concurrency=self._workers(concurrency),
+            sid=sid,
         )
 
     @overload
@@ -280,6 +333,7 @@ class AsyncCcmClient:
         *,
         concurrency: int | None = None,
         sid: None = None,
+        timeout: float | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]: ...
     @overload
     def stream_calls(
@@ -288,6 +342,7 @@ class AsyncCcmClient:
         *,
         concurrency: int | None = None,
         sid: Callable[[_Item], str],
+        timeout: float | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]: ...
     def stream_calls(
         self,
@@ -295,6 +350,7 @@ class AsyncCcmClient:
         *,
         concurrency: int | None = None,
         sid: Callable[[Any], str] | None = None,
+        timeout: float | None = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[CallResult]]:
         """Fetch calls and yield their :class:`CallResult` as they complete.
 
@@ -308,6 +364,7 @@ class AsyncCcmClient:
         generator), cancels lookups in flight, and returns only when nothing it
         started is still running. What stops :meth:`get_calls` stops the stream
         and is raised as itself; so is an exception of the source's own.
+        ``timeout`` bounds each lookup as in :meth:`get_call`, from its start.
 
         Use it as::
 
@@ -316,13 +373,19 @@ class AsyncCcmClient:
                     ...
         """
         return stream_results(
-            items, get_call=self._batch_lookups(), concurrency=self._workers(concurrency), sid=sid
+            items,
+            get_call=self._batch_lookups(timeout),
+            concurrency=self._workers(concurrency),
+            sid=sid,
         )
 
-    def _batch_lookups(self) -> Callable[[str], Awaitable[CallDetails]]:
+    def _batch_lookups(self, timeout: float | None) -> Callable[[str], Awaitable[CallDetails]]:
         # Each lookup of a batch is traced on its own, linked to the caller's span
         # as it is now, rather than as one of a batch span's thousands of children.
-        return functools.partial(self._get_call, origin=self._setup.telemetry.batch_origin())
+        check_lookup_timeout(timeout)
+        return functools.partial(
+            self._get_call, origin=self._setup.telemetry.batch_origin(), timeout=timeout
+        )
 
     def _workers(self, concurrency: int | None) -> int:
         workers = self._setup.max_concurrency if concurrency is None else concurrency
@@ -351,8 +414,8 @@ class AsyncCcmClient:
             self.get_call, call_sid, timeout=timeout, interval=interval, max_interval=max_interval
         )
 
-    async def _lookup(self, call_sid: str, trace: LookupTrace) -> CallDetails:
-        lookup = self._attempts.lookup(call_sid, trace)
+    async def _lookup(self, call_sid: str, trace: LookupTrace, callers: Deadline) -> CallDetails:
+        lookup = self._attempts.lookup(call_sid, trace, callers)
         # Cancelled by aclose(), from any task: the lookup then ends as ClientClosedError.
         with anyio.CancelScope() as scope:
             self._running.add(scope)

@@ -9,6 +9,10 @@ code that asked. Without the block there is no task of the client's own: the
 first caller runs the request in its task, and if it is cancelled while others
 wait, the flight is abandoned and a waiter takes over with a request of its own
 (the work cannot move to another task); the others then join that one.
+
+A flight runs until the last of its callers' deadlines (``_retry.Deadline``): a
+caller with a short timeout stops waiting at its own and leaves the request to
+the others.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import anyio.abc
 
 from ccm_async._errors import ClientClosedError
 from ccm_async._models import CallDetails
+from ccm_async._retry import Deadline
 
 __all__ = ["SingleFlight", "TerminalCache"]
 
@@ -29,8 +34,9 @@ _T = TypeVar("_T")
 
 
 class _Flight(Generic[_T]):
-    def __init__(self, *, in_caller: bool) -> None:
+    def __init__(self, *, in_caller: bool, deadline: float) -> None:
         self.in_caller = in_caller  # run in its first caller's task, not the client's group
+        self.callers = Deadline(deadline)
         self.waiters = 0
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
@@ -51,24 +57,27 @@ class SingleFlight(Generic[_T]):
     async def call(
         self,
         key: str,
-        work: Callable[[], Awaitable[_T]],
+        work: Callable[[Deadline], Awaitable[_T]],
         group: anyio.abc.TaskGroup | None,
         *,
+        deadline: float,
         on_join: Callable[[], None],
     ) -> _T:
-        """The result of ``work()``, shared with concurrent calls for ``key``.
+        """The result of ``work(callers)``, shared with concurrent calls for ``key``.
 
-        The flight runs in ``group``, or without one in the caller's task.
+        The flight runs in ``group``, or without one in the caller's task; it may
+        run until ``callers``, the latest ``deadline`` of the calls sharing it.
         ``on_join`` is called when this call joins another's flight.
         """
         while True:
             flight = self._flights.get(key)
             if flight is not None:
                 on_join()
+                flight.callers.extend(deadline)
             elif group is None:
-                return await self._run_here(key, work)
+                return await self._run_here(key, work, deadline)
             else:
-                flight = self._flights[key] = _Flight(in_caller=False)
+                flight = self._flights[key] = _Flight(in_caller=False, deadline=deadline)
                 group.start_soon(self._fly, key, flight, work)
             await self._wait(key, flight)
             if not flight.abandoned:
@@ -102,10 +111,12 @@ class SingleFlight(Generic[_T]):
         with anyio.CancelScope(shield=True):
             await flight.done.wait()
 
-    async def _run_here(self, key: str, work: Callable[[], Awaitable[_T]]) -> _T:
-        flight = self._flights[key] = _Flight[_T](in_caller=True)
+    async def _run_here(
+        self, key: str, work: Callable[[Deadline], Awaitable[_T]], deadline: float
+    ) -> _T:
+        flight = self._flights[key] = _Flight[_T](in_caller=True, deadline=deadline)
         try:
-            flight.result = await work()
+            flight.result = await work(flight.callers)
         except Exception as exc:
             flight.error = exc
             raise
@@ -116,10 +127,12 @@ class SingleFlight(Generic[_T]):
             self._land(key, flight)
         return flight.result
 
-    async def _fly(self, key: str, flight: _Flight[_T], work: Callable[[], Awaitable[_T]]) -> None:
+    async def _fly(
+        self, key: str, flight: _Flight[_T], work: Callable[[Deadline], Awaitable[_T]]
+    ) -> None:
         try:
             with flight.scope:
-                flight.result = await work()
+                flight.result = await work(flight.callers)
         except Exception as exc:
             flight.error = exc
         finally:

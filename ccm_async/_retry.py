@@ -35,12 +35,14 @@ if TYPE_CHECKING:
     import tenacity
 
 __all__ = [
+    "Deadline",
     "Lookup",
     "RetryBudget",
     "RetryPolicy",
     "backoff_is_instant",
     "instant_backoff",
     "is_retryable",
+    "timed_out",
 ]
 
 logger: Final = logging.getLogger("ccm_async")
@@ -147,6 +149,13 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
+def timed_out(message: str, *, call_sid: str) -> RequestTimeoutError:
+    """The error of a lookup that ran out of time (never retried)."""
+    error = RequestTimeoutError(message, call_sid=call_sid)
+    error.deadline_exceeded = True
+    return error
+
+
 def backoff_is_instant() -> bool:
     """Whether :func:`instant_backoff` is on."""
     return _instant
@@ -168,6 +177,38 @@ def instant_backoff() -> Generator[None]:
         _instant = previous
 
 
+class Deadline:
+    """Until when the callers of one lookup wait for it: the latest of their own
+    deadlines (``get_call(timeout=...)``), infinite while one has none.
+
+    A lookup shared by several callers runs until the last of them stops
+    waiting, so a caller with a short timeout never cuts the request short for
+    the others; it only stops waiting itself. The bounds of the waits in flight
+    follow when a caller with a later deadline joins.
+    """
+
+    def __init__(self, at: float = float("inf")) -> None:
+        self.at = at
+        self._scopes: dict[anyio.CancelScope, Lookup] = {}
+
+    def extend(self, at: float) -> None:
+        """A caller waiting until ``at`` joined."""
+        if at > self.at:
+            self.at = at
+            for scope, lookup in self._scopes.items():
+                scope.deadline = lookup.deadline
+
+    @contextlib.contextmanager
+    def bound(self, lookup: Lookup) -> Generator[anyio.CancelScope]:
+        """A scope cancelled at ``lookup``'s deadline, however that moves."""
+        with anyio.CancelScope(deadline=lookup.deadline) as scope:
+            self._scopes[scope] = lookup
+            try:
+                yield scope
+            finally:
+                del self._scopes[scope]
+
+
 class Lookup:
     """The retry state of one lookup: its attempts, deadline and the next wait."""
 
@@ -178,26 +219,31 @@ class Lookup:
         budget: RetryBudget,
         on_denied: Callable[[], None],
         trace: LookupTrace,
+        *,
+        callers: Deadline,
     ) -> None:
         self.call_sid = call_sid
         self.trace = trace
         self.policy = policy
         self.budget = budget
+        self.callers = callers
         self.attempts = 0
-        self.deadline = float("inf")
+        self.started = False  # whether the policy's deadline runs
         self.next_wait: float | None = 0.0
+        self._policy_deadline = float("inf")
         self._decided_on: BaseException | None = None
         self._on_denied = on_denied
 
     @property
-    def started(self) -> bool:
-        """Whether the deadline runs."""
-        return self.deadline != float("inf")
+    def deadline(self) -> float:
+        """When the lookup gives up: its policy's deadline, or its callers' if sooner."""
+        return min(self._policy_deadline, self.callers.at)
 
     def start(self) -> None:
-        """The deadline starts now, unless it already runs."""
+        """The policy's deadline starts now, unless it already runs."""
         if not self.started:
-            self.deadline = anyio.current_time() + self.policy.timeout
+            self.started = True
+            self._policy_deadline = anyio.current_time() + self.policy.timeout
 
     async def wait_out_pause(self, pause: float) -> bool:
         """Wait out ``pause`` seconds of the client's pause before a send; True if any.
@@ -220,13 +266,11 @@ class Lookup:
 
     def deadline_error(self) -> RequestTimeoutError:
         """The error for a lookup whose deadline passed."""
-        error = RequestTimeoutError(
-            f"lookup deadline of {self.policy.timeout:g}s exceeded after "
-            f"{self.attempts} attempt(s)",
-            call_sid=self.call_sid,
-        )
-        error.deadline_exceeded = True
-        return error
+        if self.callers.at < self._policy_deadline:
+            what = "its callers' timeout passed"
+        else:
+            what = f"lookup deadline of {self.policy.timeout:g}s exceeded"
+        return timed_out(f"{what} after {self.attempts} attempt(s)", call_sid=self.call_sid)
 
     async def run(self, attempt: Callable[[Lookup], Awaitable[_T]]) -> _T:
         """Run ``attempt`` under the policy; raises the last attempt's own error."""

@@ -137,6 +137,25 @@ def check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
         raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
 
 
+MAX_LOOKUP_TIMEOUT: Final = 3600.0
+
+
+def check_lookup_timeout(value: object) -> None:
+    """A :class:`ConfigurationError` unless ``value`` is None or a number of seconds
+    from just over 0 to an hour (a bool, NaN and infinities are not)."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_LOOKUP_TIMEOUT
+    ):
+        raise ConfigurationError(
+            f"timeout must be None or a number of seconds above 0 and at most "
+            f"{MAX_LOOKUP_TIMEOUT:g}"
+        )
+
+
 def _check_type(name: str, value: object, expected: type) -> None:
     if value is not None and not isinstance(value, expected):
         raise ConfigurationError(

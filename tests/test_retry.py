@@ -584,7 +584,7 @@ def _failed_state(lookup: object, error: BaseException) -> tenacity.RetryCallSta
 async def test_retry_decisions_do_not_depend_on_tenacitys_call_order(
     order: str, error: BaseException, policy: dict[str, Any], budget_left: float, expected: object
 ) -> None:
-    from ccm_async._retry import Lookup, RetryBudget
+    from ccm_async._retry import Deadline, Lookup, RetryBudget
     from ccm_async._telemetry import LookupTrace
 
     budget = RetryBudget(500, 0.1)
@@ -592,7 +592,12 @@ async def test_retry_decisions_do_not_depend_on_tenacitys_call_order(
         budget.record_failure()
     denials: list[None] = []
     lookup = Lookup(
-        "abc", RetryPolicy(**policy), budget, lambda: denials.append(None), LookupTrace()
+        "abc",
+        RetryPolicy(**policy),
+        budget,
+        lambda: denials.append(None),
+        LookupTrace(),
+        callers=Deadline(),
     )
     lookup.start()
     lookup.attempts = 1
