@@ -26,7 +26,14 @@ from ccm_async._telemetry import Telemetry, telemetry_for
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
 
-__all__ = ["DEFAULT_RETRY", "MAX_CONCURRENCY_LIMIT", "Setup", "check_count", "client_setup"]
+__all__ = [
+    "DEFAULT_RETRY",
+    "MAX_CONCURRENCY_LIMIT",
+    "Setup",
+    "check_count",
+    "check_lookup_timeout",
+    "client_setup",
+]
 
 MAX_CONCURRENCY_LIMIT: Final = 4096
 DEFAULT_RETRY: Final = RetryPolicy()
@@ -137,7 +144,7 @@ def check_count(name: str, value: object, high: int, *, low: int = 1) -> None:
         raise ConfigurationError(f"{name} must be an integer from {low} to {high}")
 
 
-MAX_LOOKUP_TIMEOUT: Final = 3600.0
+_MAX_LOOKUP_TIMEOUT: Final = 3600.0
 
 
 def check_lookup_timeout(value: object) -> None:
@@ -148,11 +155,11 @@ def check_lookup_timeout(value: object) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0 < value <= MAX_LOOKUP_TIMEOUT
+        or not 0 < value <= _MAX_LOOKUP_TIMEOUT
     ):
         raise ConfigurationError(
             f"timeout must be None or a number of seconds above 0 and at most "
-            f"{MAX_LOOKUP_TIMEOUT:g}"
+            f"{_MAX_LOOKUP_TIMEOUT:g}"
         )
 
 
