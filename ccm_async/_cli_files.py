@@ -37,7 +37,6 @@ from ccm_async._cli_input import allow_long_csv_fields
 from ccm_async._cli_jobfile import JOB_FILE_SUFFIXES
 from ccm_async._cli_summary import error_code
 from ccm_async._command import silence_stdout
-from ccm_async._convert import unstructure_call
 
 __all__ = [
     "CSV_COLUMNS",
@@ -138,7 +137,7 @@ class RecordFile:
 
     def write(self, call: CallDetails) -> None:
         """Write one call as one whole record."""
-        self.write_bytes(self.encode(unstructure_call(call)))
+        self.write_bytes(self.encode(call.to_dict()))
 
     def encode(self, data: dict[str, Any]) -> bytes:
         """One call's record, from its API JSON."""

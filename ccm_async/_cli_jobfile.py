@@ -214,10 +214,7 @@ class JobFile:
 def _row(result: CallResult, fetched_at: str) -> tuple[object, ...]:
     error = result.error
     if result.call is not None:
-        # cattrs, loaded by the fetch that has the call: status never loads it.
-        from ccm_async._convert import unstructure_call  # noqa: PLC0415
-
-        call = json.dumps(unstructure_call(result.call), separators=(",", ":"))
+        call = json.dumps(result.call.to_dict(), separators=(",", ":"))
         return ("ok", call, None, None, None, None, fetched_at, result.call_sid)
     state = "not_found" if isinstance(error, CallNotFoundError) else "failed"
     status = error.http_status if isinstance(error, ApiError) else None

@@ -44,11 +44,12 @@ __all__ = [
     "API_VERSIONS",
     "V3_KEYS",
     "ApiVersion",
+    "call_from_dict",
+    "call_to_dict",
     "converter",
     "decode_response",
     "loads",
     "structure_call",
-    "unstructure_call",
 ]
 
 ApiVersion = Literal["v2", "v3"]
@@ -153,6 +154,7 @@ def converter() -> cattrs.Converter:
     _register_exact(conv, dt.datetime | None, _structure_moment)
     for enum_cls in (CallState, Direction, CallStatus):
         _register_exact(conv, enum_cls | str | None, _known_or_str(enum_cls))
+        conv.register_unstructure_hook(enum_cls, _plain_str)
     # Leaves first: a generated function binds its fields' hooks when it is made.
     for cls in (Recording, AgentDetails, CustomerDetails):
         _register_class(conv, cls)
@@ -161,6 +163,10 @@ def converter() -> cattrs.Converter:
     # The class's own hook reads v2 (no legs); v3's is made on its own (_call_details).
     _register_class(conv, CallDetails, legs_url=_override(omit=True))
     return conv
+
+
+def _plain_str(member: enum.StrEnum) -> str:
+    return member.value
 
 
 def _override(**options: Any) -> Any:
@@ -209,19 +215,39 @@ def _call_details(api_version: ApiVersion) -> Callable[[Any, type[CallDetails]],
 def structure_call(data: object, *, path: str = "$", api_version: ApiVersion = "v2") -> CallDetails:
     """Structure the call object of ``api_version`` (v2's ``data``, v3's
     ``call_details``); errors name the bad field's path by that version's names."""
+    renamed = V3_KEYS if api_version == "v3" else {}
+    return _structured(_call_details(api_version), data, path, renamed)
+
+
+def call_from_dict(data: object) -> CallDetails:
+    """:meth:`CallDetails.from_dict`: v2's names, and ``legs_url``, which only v3 sends."""
+    return _structured(_every_field(), data, "$", {})
+
+
+def call_to_dict(call: CallDetails) -> dict[str, Any]:
+    """The API's JSON shape of a call (ISO 8601 strings, enum values as plain strings,
+    lists), ready for ``json.dumps``."""
+    return converter().unstructure(call, CallDetails)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _every_field() -> Callable[[Any, type[CallDetails]], CallDetails]:
+    return _structure_fn(converter(), CallDetails)  # type: ignore[no-any-return]
+
+
+def _structured(
+    hook: Callable[[Any, type[CallDetails]], CallDetails],
+    data: object,
+    path: str,
+    renamed: Mapping[str, str],
+) -> CallDetails:
     try:
-        return _call_details(api_version)(data, CallDetails)
+        return hook(data, CallDetails)
     # cattrs' validation errors are ExceptionGroups (BaseValidationError). Not
     # chained: the message names each bad field, and the group of exceptions (with
     # their tracebacks) would make every kept error heavy.
     except (ExceptionGroup, TypeError, ValueError) as exc:
-        renamed = V3_KEYS if api_version == "v3" else {}
         raise ResponseFormatError(_describe(exc, path, renamed)) from None
-
-
-def unstructure_call(call: CallDetails) -> dict[str, Any]:
-    """The API's JSON shape of a call (ISO 8601 strings, lists), ready for ``json.dumps``."""
-    return converter().unstructure(call, CallDetails)  # type: ignore[no-any-return]
 
 
 def _describe(exc: Exception, path: str, renamed: Mapping[str, str]) -> str:

@@ -129,6 +129,24 @@ class CallDetails:
     recordings: tuple[Recording, ...] = ()
     legs_url: str | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data in the API's shape: v2's field names (and ``legs_url``),
+        ISO 8601 timestamps with their UTC offset, enum members as their string
+        values, recordings as a list. ``json.dumps(call.to_dict())`` always works."""
+        from ccm_async._convert import call_to_dict  # noqa: PLC0415 - cattrs loads on first use
+
+        return call_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CallDetails":
+        """The call :meth:`to_dict` gave (or v2's ``data`` object), read as strictly as
+        an API response: a wrong-typed field is a :class:`ResponseFormatError` naming
+        its path (``$.start_time``); keys it does not know are ignored, as in a
+        response. A timestamp at the Unix epoch reads as None, as in a response."""
+        from ccm_async._convert import call_from_dict  # noqa: PLC0415
+
+        return call_from_dict(data)
+
     @property
     def is_terminal(self) -> bool:
         """True once the call has ended: its details no longer change."""
@@ -188,8 +206,29 @@ class CallResult:
         """True when the lookup succeeded."""
         return self.error is None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data: ``call_sid``, and ``call`` (:meth:`CallDetails.to_dict`) or
+        ``error``: its ``class`` name, ``message`` (the one-line form, without the
+        credentials), ``code`` (Exotel's), ``http_status``, ``request_id`` (None when
+        not known) and ``attempts``. ``item`` is left out: it is the caller's."""
+        if self.call is not None:
+            return {"call_sid": self.call_sid, "call": self.call.to_dict()}
+        error = cast("CcmError", self.error)
+        return {"call_sid": self.call_sid, "error": _error_dict(error)}
+
     def unwrap(self) -> CallDetails:
         """The call, or raise the error this SID met."""
         if self.error is not None:
             raise self.error
         return cast("CallDetails", self.call)
+
+
+def _error_dict(error: CcmError) -> dict[str, Any]:
+    return {
+        "class": type(error).__name__,
+        "message": str(error),
+        "code": getattr(error, "code", None),
+        "http_status": getattr(error, "http_status", None),
+        "request_id": getattr(error, "request_id", None),
+        "attempts": error.attempts,
+    }

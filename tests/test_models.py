@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import json
 import pickle
+import re
 from typing import Any
 
 import attrs
@@ -23,10 +24,11 @@ from ccm_async import (
     CallStatus,
     CustomerDetails,
     Direction,
+    InvalidCallSidError,
     Recording,
     ResponseFormatError,
 )
-from ccm_async._convert import decode_response, loads, structure_call, unstructure_call
+from ccm_async._convert import decode_response, loads, structure_call
 from ccm_async._errors import ErrorAnswer, api_error
 
 IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
@@ -212,8 +214,9 @@ def _envelope(data: object) -> dict[str, Any]:
 
 
 _text = st.none() | st.text(max_size=30)
-_offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
-    lambda minutes: dt.timezone(dt.timedelta(minutes=minutes))
+# Offsets to the second: Python's ISO 8601 writes and reads them.
+_offsets = st.integers(min_value=-14 * 3600, max_value=14 * 3600).map(
+    lambda seconds: dt.timezone(dt.timedelta(seconds=seconds))
 )
 _stamps = st.none() | st.datetimes(
     min_value=dt.datetime(1990, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=_offsets
@@ -251,13 +254,16 @@ _calls = st.builds(
     app_name=_text,
     digits=_text,
     recordings=st.lists(st.builds(Recording, url=_text), max_size=3).map(tuple),
+    legs_url=_text,
 )
 
 
 @given(_calls)
 def test_round_trip_through_json(call: CallDetails) -> None:
-    wire = json.loads(json.dumps(unstructure_call(call)))
-    again = structure_call(wire)
+    data = call.to_dict()
+    wire = json.loads(json.dumps(data))
+    assert wire == data  # nothing json.dumps would change: plain strings, lists, ints
+    again = CallDetails.from_dict(wire)
     assert again == call
     for name in ("created_time", "updated_time", "start_time", "end_time"):
         assert (
@@ -266,13 +272,13 @@ def test_round_trip_through_json(call: CallDetails) -> None:
         )
 
 
-def test_unstructure_is_the_api_shape(sample_response: dict[str, Any]) -> None:
+def test_to_dict_is_the_api_shape(sample_response: dict[str, Any]) -> None:
     data = sample_response["response"]["data"]
     # The v2 shape, and v3's legs_url (null: v2 sends none).
-    assert json.loads(json.dumps(unstructure_call(structure_call(data)))) == {
-        **data,
-        "legs_url": None,
-    }
+    as_dict = structure_call(data).to_dict()
+    assert as_dict == {**data, "legs_url": None}
+    assert type(as_dict["call_state"]) is str  # an enum's value, not the member
+    assert type(as_dict["recordings"]) is list
 
 
 def round_trips(value: object) -> list[object]:
@@ -299,3 +305,65 @@ def test_call_results_survive_pickle_and_copy(sample_response: dict[str, Any]) -
         assert type(copied.error) is CallNotFoundError
         assert str(copied.error) == str(error)
         assert vars(copied.error) == vars(error)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (None, "expected an object"),
+        (["call_sid", "x"], "expected an object"),
+        ({"call_sid": True}, "@ $.call_sid"),
+        (
+            {"start_time": "2021-07-28T03:07:12"},
+            "without a UTC offset: '2021-07-28T03:07:12' @ $.start_time",
+        ),
+        ({"start_time": "yesterday"}, "@ $.start_time"),
+        ({"total_talk_time": 7.5}, "@ $.total_talk_time"),
+        ({"recordings": [{"url": ["x"]}]}, "@ $.recordings[0].url"),
+        ({"assigned_agent_details": "agent"}, "@ $.assigned_agent_details"),
+    ],
+)
+def test_from_dict_is_strict_and_names_the_path(data: object, problem: str) -> None:
+    with pytest.raises(ResponseFormatError, match=re.escape(problem)):
+        CallDetails.from_dict(data)  # type: ignore[arg-type]
+
+
+def test_from_dict_reads_legs_url_and_ignores_unknown_keys() -> None:
+    call = CallDetails.from_dict({"call_sid": "s", "legs_url": "/legs", "new_field": {"a": 1}})
+    assert call == CallDetails(call_sid="s", legs_url="/legs")
+
+
+def test_call_result_to_dict(sample_response: dict[str, Any]) -> None:
+    call = structure_call(sample_response["response"]["data"])
+    found = CallResult(call_sid="s1", call=call, item={"not": "serialised"})
+    assert found.to_dict() == {"call_sid": "s1", "call": call.to_dict()}
+    error = CallNotFoundError(
+        "call not found [call_sid=s2]",
+        ErrorAnswer(http_status=404, code=3043, request_id="r-1", call_sid="s2"),
+    )
+    error.attempts = 1
+    failed = CallResult(call_sid="s2", error=error).to_dict()
+    assert (
+        json.loads(json.dumps(failed))
+        == failed
+        == {
+            "call_sid": "s2",
+            "error": {
+                "class": "CallNotFoundError",
+                "message": "call not found [call_sid=s2]",
+                "code": 3043,
+                "http_status": 404,
+                "request_id": "r-1",
+                "attempts": 1,
+            },
+        }
+    )
+    invalid = CallResult(call_sid="../x", error=InvalidCallSidError("bad", call_sid="../x"))
+    assert invalid.to_dict()["error"] == {
+        "class": "InvalidCallSidError",
+        "message": "bad",
+        "code": None,
+        "http_status": None,
+        "request_id": None,
+        "attempts": 0,
+    }

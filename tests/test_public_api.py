@@ -91,11 +91,12 @@ INTERNAL = {
         "API_VERSIONS",
         "ApiVersion",
         "V3_KEYS",
+        "call_from_dict",
+        "call_to_dict",
         "converter",
         "decode_response",
         "loads",
         "structure_call",
-        "unstructure_call",
     },
     "ccm_async._errors": {
         "Secrets",

@@ -24,7 +24,7 @@ import attrs
 import httpx
 
 from ccm_async import AsyncCcmClient, CallDetails, RateLimit
-from ccm_async._convert import V3_KEYS, ApiVersion, unstructure_call
+from ccm_async._convert import V3_KEYS, ApiVersion
 
 __all__ = ["FakeCcm", "Fault", "RecordedRequest"]
 
@@ -301,7 +301,7 @@ class FakeCcm:
     def add_call(self, call: CallDetails | Mapping[str, Any]) -> None:
         """Serve ``call`` (a CallDetails, or v2's raw ``data`` object, which may be
         malformed; v3's paths serve it renamed, see :mod:`ccm_async._convert`)."""
-        data = unstructure_call(call) if isinstance(call, CallDetails) else dict(call)
+        data = call.to_dict() if isinstance(call, CallDetails) else dict(call)
         sid = data.get("call_sid")
         if not isinstance(sid, str):
             raise ValueError("a call needs a string call_sid")
