@@ -5,12 +5,13 @@ workers take items from the source lazily (memory does not grow with the
 number of SIDs), look each one up with ``get_call``, and send its
 :class:`CallResult`, which carries the item, down a bounded stream. Items are
 SIDs, or anything a ``sid`` function takes the SID from (a queue's message);
-what that function raises is the caller's own bug and stops the stream. One SID's failure (a
-:class:`CcmError`, an invalid SID or a non-string item included) is that SID's
-result. What the lookup or the source raises otherwise stops the whole stream
-and is raised as itself, never inside an ``ExceptionGroup``: the source's own
-exception, an :class:`AuthenticationError` or :class:`ConfigurationError` (no
-other SID would fare better), or the client being closed under the batch
+what that function raises is the caller's own bug and stops the stream. One
+SID's failure (a :class:`CcmError`, an invalid SID or a non-string item
+included) is that SID's result. What the lookup or the source raises
+otherwise stops the whole stream and is raised as itself, never inside an
+``ExceptionGroup``: the source's own exception, an
+:class:`AuthenticationError` or :class:`ConfigurationError` (no other SID
+would fare better), or the client being closed under the batch
 (:class:`ClientClosedError`).
 """
 

@@ -73,8 +73,8 @@ class AsyncCcmClient:
     cancelling one of their callers never fails the others: inside the block
     the request runs in the client's own task, without it a waiter takes over
     from a cancelled first caller with a request of its own. It owns one pooled
-    ``httpx.AsyncClient``, or uses ``http_client`` if given,
-    which it then leaves open for its owner to close.
+    ``httpx.AsyncClient``, or uses ``http_client`` if given, which it then leaves
+    open for its owner to close.
 
     Args:
         api_key: the account's API key.
@@ -243,6 +243,7 @@ class AsyncCcmClient:
             ApiError, TransportError, ResponseFormatError: see the exception tree;
             ``attempts`` on the error says how many requests were sent.
         """
+        check_lookup_timeout(timeout)
         return await self._get_call(call_sid, timeout=timeout)
 
     async def _get_call(
@@ -251,8 +252,7 @@ class AsyncCcmClient:
         origin: object = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> CallDetails:
-        """:meth:`get_call`, its trace linked to a batch's ``origin`` if given."""
-        check_lookup_timeout(timeout)
+        """:meth:`get_call` (``timeout`` checked), its trace linked to a batch's ``origin``."""
         deadline = float("inf") if timeout is None else anyio.current_time() + timeout
         with self._setup.telemetry.lookup(origin) as trace:
             call_sid = validate_call_sid(call_sid)
