@@ -285,6 +285,7 @@ class Secrets:
     def redact_body(self, body: bytes) -> bytes:
         """``body`` without them, before any of its text is read: a message quotes a
         bounded part of a value, and a part of the base64 gives most of the token away."""
+        body = _in_utf8(body)
         for form in self.in_bodies:
             if form in body:
                 body = body.replace(form, _REDACTED.encode())
@@ -310,6 +311,18 @@ class Secrets:
         for secret in self.texts:
             value = value.replace(secret, _REDACTED)
         return value
+
+
+def _in_utf8(body: bytes) -> bytes:
+    """A JSON ``body`` in UTF-16 or UTF-32 (which JSON readers accept) re-encoded
+    in UTF-8, where the secrets' forms are looked for; any other body as it is."""
+    encoding = json.detect_encoding(body)
+    if encoding in {"utf-8", "utf-8-sig"}:
+        return body
+    try:
+        return body.decode(encoding, "surrogatepass").encode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return body  # not text in that encoding: nothing of it is read as such either
 
 
 def _in_any_json_escape(text: str) -> bytes:

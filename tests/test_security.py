@@ -195,23 +195,28 @@ def _json_escaped(text: str, escape: list[bool]) -> str:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    padding=st.integers(min_value=0, max_value=300),
+    padding=st.integers(min_value=0, max_value=2100),
     escape=st.lists(st.booleans(), min_size=40, max_size=40),
+    encoding=st.sampled_from(
+        ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"]
+    ),
 )
 async def test_credentials_echoed_in_any_json_escape_are_redacted(
-    padding: int, escape: list[bool]
+    padding: int, escape: list[bool], encoding: str
 ) -> None:
     """However a server's JSON encoder escapes the echoed header (.NET writes + and =
-    as \\u002B and \\u003D), no part of the credentials reaches a message, even where
-    the message's bound would cut a redaction short."""
+    as \\u002B and \\u003D), in whichever encoding JSON allows, no part of the
+    credentials reaches a message, even where the message's bound (or a text's,
+    at 2,000 characters) would cut a redaction short."""
     basic = SECRETS[1]
 
     def echo(request: httpx.Request) -> httpx.Response:
         quoted = _json_escaped(basic, escape * 2) + " " + _json_escaped(TOKEN, escape)
         message = "x" * padding + " denied " + quoted
         body = '{"response": {"code": 500, "status": "failure", "error_data": '
-        body += '{"code": 1100, "message": "' + message + '"}}}'
-        return httpx.Response(500, content=body.encode())
+        body += '{"code": 1100, "message": "' + message + '", '
+        body += '"description": "' + message + '"}}}'
+        return httpx.Response(500, content=body.encode(encoding))
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(echo)) as http:
         client = AsyncCcmClient(
