@@ -45,7 +45,7 @@ from ccm_async._errors import CcmError, ClientClosedError, forget_frames
 from ccm_async._flights import SingleFlight, TerminalCache
 from ccm_async._models import CallDetails, CallResult, ClientStats
 from ccm_async._polling import poll_until_terminal
-from ccm_async._retry import Deadline, RetryPolicy, timed_out
+from ccm_async._retry import Caller, Deadline, RetryPolicy, timed_out
 from ccm_async._setup import (
     DEFAULT_RETRY,
     MAX_CONCURRENCY_LIMIT,
@@ -139,6 +139,7 @@ class AsyncCcmClient:
         self._group: anyio.abc.TaskGroup | None = None
         self._running: set[anyio.CancelScope] = set()
         self._closed = False
+        self._warned_of_sharing = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Self:
@@ -253,7 +254,6 @@ class AsyncCcmClient:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> CallDetails:
         """:meth:`get_call` (``timeout`` checked), its trace linked to a batch's ``origin``."""
-        deadline = float("inf") if timeout is None else anyio.current_time() + timeout
         with self._setup.telemetry.lookup(origin) as trace:
             call_sid = validate_call_sid(call_sid)
             trace.identify(call_sid)
@@ -263,21 +263,43 @@ class AsyncCcmClient:
             if cached is not None:
                 trace.served_from_cache()
                 return cached
-            shared = self._flights.call(
-                call_sid,
-                lambda callers: self._lookup(call_sid, trace, callers),
-                self._group,
-                deadline=deadline,
-                on_join=trace.shared,
-            )
+
+            def joined(in_caller: bool) -> None:
+                trace.shared()
+                if in_caller:
+                    self._warn_of_sharing()
+
+            def shared(caller: Caller | None) -> Awaitable[CallDetails]:
+                return self._flights.call(
+                    call_sid,
+                    lambda callers: self._lookup(call_sid, trace, callers),
+                    self._group,
+                    caller=caller,
+                    on_join=joined,
+                )
+
             if timeout is None:
-                return await shared
-            # The caller stops waiting at its own deadline, whoever else still waits.
-            with anyio.CancelScope(deadline=deadline):
-                return await shared
-            raise timed_out(
+                return await shared(None)
+            # The caller stops waiting at its own deadline, whoever else still waits,
+            # or sooner when the lookup begins a wait that would outlast it.
+            caller = Caller(anyio.current_time() + timeout)
+            with caller.scope:
+                return await shared(caller)
+            raise caller.error or timed_out(
                 f"no answer within this lookup's timeout of {timeout:g}s", call_sid=call_sid
             )
+
+    def _warn_of_sharing(self) -> None:
+        if self._warned_of_sharing:
+            return
+        self._warned_of_sharing = True
+        logger.warning(
+            "concurrent lookups of one call SID share a request run in the first "
+            "caller's task, because this client is not used as `async with`: if that "
+            "caller is cancelled or times out, the others send the request again; "
+            "enter the client (`async with client:`, in an app's lifespan) to share "
+            "requests fully"
+        )
 
     @overload
     async def get_calls(

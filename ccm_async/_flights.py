@@ -12,7 +12,12 @@ wait, the flight is abandoned and a waiter takes over with a request of its own
 
 A flight runs until the last of its callers' deadlines (``_retry.Deadline``): a
 caller with a short timeout stops waiting at its own and leaves the request to
-the others.
+the others, or sooner, failing with the error that stopped it, when the flight
+begins a wait (a 429 pause, a backoff) that would outlast it.
+
+Without the block, the first caller's own timeout or cancellation ends the
+request it runs (the others then start it again): a client warns once, at the
+first lookup that joins a flight run in another caller's task.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import anyio.abc
 
 from ccm_async._errors import ClientClosedError
 from ccm_async._models import CallDetails
-from ccm_async._retry import Deadline
+from ccm_async._retry import Caller, Deadline
 
 __all__ = ["SingleFlight", "TerminalCache"]
 
@@ -34,9 +39,10 @@ _T = TypeVar("_T")
 
 
 class _Flight(Generic[_T]):
-    def __init__(self, *, in_caller: bool, deadline: float) -> None:
+    def __init__(self, *, in_caller: bool, caller: Caller | None) -> None:
         self.in_caller = in_caller  # run in its first caller's task, not the client's group
-        self.callers = Deadline(deadline)
+        self.callers = Deadline(float("inf") if caller is None else caller.at)
+        self.callers.join(caller)
         self.waiters = 0
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
@@ -60,24 +66,25 @@ class SingleFlight(Generic[_T]):
         work: Callable[[Deadline], Awaitable[_T]],
         group: anyio.abc.TaskGroup | None,
         *,
-        deadline: float,
-        on_join: Callable[[], None],
+        caller: Caller | None,
+        on_join: Callable[[bool], None],
     ) -> _T:
         """The result of ``work(callers)``, shared with concurrent calls for ``key``.
 
         The flight runs in ``group``, or without one in the caller's task; it may
-        run until ``callers``, the latest ``deadline`` of the calls sharing it.
-        ``on_join`` is called when this call joins another's flight.
+        run until ``callers``, the latest deadline of the calls sharing it
+        (``caller``'s own, or None without one). ``on_join`` is called when this
+        call joins another's flight, with whether that runs in its caller's task.
         """
         while True:
             flight = self._flights.get(key)
             if flight is not None:
-                on_join()
-                flight.callers.extend(deadline)
+                on_join(flight.in_caller)
+                flight.callers.join(caller)
             elif group is None:
-                return await self._run_here(key, work, deadline)
+                return await self._run_here(key, work, caller)
             else:
-                flight = self._flights[key] = _Flight(in_caller=False, deadline=deadline)
+                flight = self._flights[key] = _Flight(in_caller=False, caller=caller)
                 group.start_soon(self._fly, key, flight, work)
             await self._wait(key, flight)
             if not flight.abandoned:
@@ -112,9 +119,9 @@ class SingleFlight(Generic[_T]):
             await flight.done.wait()
 
     async def _run_here(
-        self, key: str, work: Callable[[Deadline], Awaitable[_T]], deadline: float
+        self, key: str, work: Callable[[Deadline], Awaitable[_T]], caller: Caller | None
     ) -> _T:
-        flight = self._flights[key] = _Flight[_T](in_caller=True, deadline=deadline)
+        flight = self._flights[key] = _Flight[_T](in_caller=True, caller=caller)
         try:
             flight.result = await work(flight.callers)
         except Exception as exc:

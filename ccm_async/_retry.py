@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import tenacity
 
 __all__ = [
+    "Caller",
     "Deadline",
     "Lookup",
     "RetryBudget",
@@ -177,6 +178,22 @@ def instant_backoff() -> Generator[None]:
         _instant = previous
 
 
+class Caller:
+    """One caller of a lookup with a deadline of its own: it waits in ``scope``
+    until ``at``, and is let go sooner, with an error, when the lookup begins a
+    wait that would outlast it."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.scope = anyio.CancelScope(deadline=at)
+        self.error: CcmError | None = None  # why it was let go before its deadline
+
+    def let_go(self, error: CcmError) -> None:
+        """Stop waiting now, failing with ``error``."""
+        self.error = error
+        self.scope.cancel()
+
+
 class Deadline:
     """Until when the callers of one lookup wait for it: the latest of their own
     deadlines (``get_call(timeout=...)``), infinite while one has none.
@@ -184,12 +201,25 @@ class Deadline:
     A lookup shared by several callers runs until the last of them stops
     waiting, so a caller with a short timeout never cuts the request short for
     the others; it only stops waiting itself. The bounds of the waits in flight
-    follow when a caller with a later deadline joins.
+    follow when a caller with a later deadline joins, and a wait the lookup
+    begins lets go at once the callers it would outlast (:meth:`waiting_until`).
     """
 
     def __init__(self, at: float = float("inf")) -> None:
         self.at = at
         self._scopes: dict[anyio.CancelScope, Lookup] = {}
+        self._callers: list[Caller] = []
+        self._wait: tuple[float, CcmError] | None = None  # the wait begun last: its end, its cause
+
+    def join(self, caller: Caller | None) -> None:
+        """A caller waiting until its own deadline (None: without one) joined."""
+        if caller is None:
+            self.extend(float("inf"))
+            return
+        self._callers.append(caller)
+        self.extend(caller.at)
+        if self._wait is not None and caller.at <= self._wait[0]:
+            caller.let_go(self._wait[1])  # it joined a wait that outlasts it
 
     def extend(self, at: float) -> None:
         """A caller waiting until ``at`` joined."""
@@ -197,6 +227,14 @@ class Deadline:
             self.at = at
             for scope, lookup in self._scopes.items():
                 scope.deadline = lookup.deadline
+
+    def waiting_until(self, until: float, error: CcmError) -> None:
+        """The lookup waits until ``until``: a caller it would outlast fails now with
+        ``error``, rather than at its deadline with a timeout."""
+        self._wait = (until, error)
+        for caller in self._callers:
+            if caller.at <= until and caller.error is None:
+                caller.let_go(error)
 
     @contextlib.contextmanager
     def bound(self, lookup: Lookup) -> Generator[anyio.CancelScope]:
@@ -256,13 +294,24 @@ class Lookup:
             return False
         self.start()
         if not self._may_wait(pause):
-            raise RateLimitError(
-                f"rate limited: the client's pause after a 429 runs {pause:g}s more, longer "
-                f"than this lookup may wait; nothing was sent [call_sid={self.call_sid}]",
-                ErrorAnswer(http_status=429, call_sid=self.call_sid, retry_after=pause),
-            )
+            raise self._paused(pause)
+        self._waits(pause, self._paused(pause))
         await anyio.sleep(pause)
         return True
+
+    def _paused(self, pause: float) -> RateLimitError:
+        return RateLimitError(
+            f"rate limited: the client's pause after a 429 runs {pause:g}s more, longer "
+            f"than this lookup may wait; nothing was sent [call_sid={self.call_sid}]",
+            ErrorAnswer(http_status=429, call_sid=self.call_sid, retry_after=pause),
+        )
+
+    def _waits(self, seconds: float, error: CcmError) -> None:
+        """A wait of ``seconds`` begins: callers it would outlast fail now with ``error``."""
+        error.attempts = self.attempts
+        if error.call_sid is None:
+            error.call_sid = self.call_sid
+        self.callers.waiting_until(anyio.current_time() + seconds, error)
 
     def deadline_error(self) -> RequestTimeoutError:
         """The error for a lookup whose deadline passed."""
@@ -345,10 +394,13 @@ class Lookup:
     def _may_wait(self, seconds: float) -> bool:
         # The server's own wait (Retry-After, the pause it set) is kept to exactly,
         # or not at all: a lookup gives up rather than wait past 60 s or its deadline.
-        return seconds <= min(_RETRY_AFTER_CAP, self.deadline - anyio.current_time())
+        # A wait that ends just as the deadline passes leaves no time for the send.
+        return seconds <= _RETRY_AFTER_CAP and seconds < self.deadline - anyio.current_time()
 
     def _before_retry(self, exc: BaseException | None) -> None:
         self.trace.backoff(self.next_wait or 0.0, exc)
+        if isinstance(exc, CcmError):
+            self._waits(self._sleep_time(), exc)
         logger.warning(
             "retrying call %s after attempt %d of %d failed (%s); waiting %.3fs",
             self.call_sid,

@@ -163,3 +163,108 @@ async def test_a_bad_timeout_is_a_configuration_error_before_any_request(timeout
         with pytest.raises(ConfigurationError, match="timeout must be"):
             client.stream_calls(["a"], timeout=timeout)  # type: ignore[call-overload]
     assert fake.request_count == 0
+
+
+async def sharers_of_a_rate_limited_request(
+    client: AsyncCcmClient, fake: FakeCcm, *, join_during_the_pause: bool
+) -> tuple[CallDetails, RateLimitError, float]:
+    """A patient lookup of a SID whose first answer (after 0.5 s) is a 429 with
+    Retry-After 5, and one with a 2 s timeout sharing it: joining before the 429
+    comes, or during the wait it starts."""
+    fake.fail("hot", Fault.rate_limited(retry_after=5), times=1)
+    got: list[CallDetails] = []
+    failed: list[tuple[RateLimitError, float]] = []
+
+    async def patient() -> None:
+        got.append(await client.get_call("hot"))
+
+    async def impatient() -> None:
+        joined = anyio.current_time()
+        try:
+            await client.get_call("hot", timeout=2)
+        except RateLimitError as exc:
+            failed.append((exc, anyio.current_time() - joined))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(patient)
+        await wait_until(lambda: fake.in_flight == 1)
+        if join_during_the_pause:
+            await wait_until(lambda: fake.requests_for("hot") == 1 and fake.in_flight == 0)
+            await anyio.sleep(1)
+        group.start_soon(impatient)
+    [call] = got
+    [(error, waited)] = failed
+    return call, error, waited
+
+
+@pytest.mark.parametrize("entered", [True, False], ids=["async-with", "module-level"])
+@pytest.mark.parametrize("join_during_the_pause", [False, True], ids=["before", "during"])
+async def test_a_sharer_the_wait_would_outlast_fails_at_once_with_its_cause(
+    entered: bool, join_during_the_pause: bool
+) -> None:
+    fake = FakeCcm(generate=True, latency=0.5)
+    client = fake.client()
+    try:
+        if entered:
+            async with client:
+                call, error, waited = await sharers_of_a_rate_limited_request(
+                    client, fake, join_during_the_pause=join_during_the_pause
+                )
+        else:
+            call, error, waited = await sharers_of_a_rate_limited_request(
+                client, fake, join_during_the_pause=join_during_the_pause
+            )
+    finally:
+        await client.aclose()
+    assert call.call_sid == "hot"
+    # Failed when the 5 s wait began (as the 429 came, or as it joined it), not at 2 s.
+    assert waited == pytest.approx(0 if join_during_the_pause else 0.5, abs=0.01)
+    assert error.retry_after == 5
+    assert error.call_sid == "hot"
+    assert error.attempts == 1
+    assert fake.requests_for("hot") == 2  # the patient lookup's retry, shared by nobody else
+
+
+async def test_a_pause_that_would_end_just_at_the_deadline_is_not_waited() -> None:
+    fake = FakeCcm(generate=True)
+    fake.fail("first", Fault.rate_limited(retry_after=10), times=1)
+    async with fake.client() as client:
+        with pytest.raises(RateLimitError):
+            await client.get_call("first", timeout=5)
+        paused_at = anyio.current_time()
+        with pytest.raises(RateLimitError) as caught:
+            await client.get_call("second", timeout=10)  # no time left to send after it
+        assert anyio.current_time() == paused_at
+        assert caught.value.retry_after == pytest.approx(10, abs=0.01)
+    assert fake.requests_for("second") == 0
+
+
+async def test_a_client_not_entered_says_once_that_a_shared_request_may_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeCcm(generate=True, latency=1.0)
+
+    async def concurrent_lookups(client: AsyncCcmClient, sid: str) -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(client.get_call, sid)
+
+    def warnings() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "send the request again" in r.getMessage()
+        ]
+
+    module_level = fake.client()
+    try:
+        await module_level.get_call("alone")
+        assert warnings() == []  # nothing shared, nothing to say
+        await concurrent_lookups(module_level, "hot")
+        await concurrent_lookups(module_level, "warm")
+    finally:
+        await module_level.aclose()
+    [warning] = warnings()
+    assert "async with" in warning
+    async with fake.client() as entered:
+        await concurrent_lookups(entered, "cool")
+    assert len(warnings()) == 1
+    assert fake.requests_for("hot") == fake.requests_for("cool") == 1
