@@ -268,3 +268,35 @@ async def test_a_client_not_entered_says_once_that_a_shared_request_may_restart(
         await concurrent_lookups(entered, "cool")
     assert len(warnings()) == 1
     assert fake.requests_for("hot") == fake.requests_for("cool") == 1
+
+
+async def test_a_first_caller_let_go_by_a_pause_hands_the_lookup_over_to_the_patient() -> None:
+    # Not entered: the impatient first caller runs the request in its own task.
+    fake = FakeCcm(generate=True, latency=0.5)
+    fake.fail("hot", Fault.rate_limited(retry_after=5), times=1)
+    client = fake.client()
+    got: list[CallDetails] = []
+    failed: list[float] = []
+
+    async def impatient() -> None:
+        with pytest.raises(RateLimitError) as caught:
+            await client.get_call("hot", timeout=2)
+        assert caught.value.retry_after == 5
+        failed.append(anyio.current_time())
+
+    async def patient() -> None:
+        got.append(await client.get_call("hot"))
+
+    try:
+        started = anyio.current_time()
+        async with anyio.create_task_group() as group:
+            group.start_soon(impatient)
+            await wait_until(lambda: fake.in_flight == 1)
+            group.start_soon(patient)
+    finally:
+        await client.aclose()
+    assert [moment - started for moment in failed] == [pytest.approx(0.5, abs=0.01)]
+    assert [call.call_sid for call in got] == ["hot"]
+    # The patient caller's own lookup waited out the client's pause, then sent.
+    assert anyio.current_time() - started == pytest.approx(6.0, abs=0.05)
+    assert fake.requests_for("hot") == 2
