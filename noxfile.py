@@ -67,7 +67,7 @@ def lowest(session: nox.Session) -> None:
         "hypothesis>=6.100",
         "opentelemetry-exporter-otlp-proto-http>=1.30",
         "opentelemetry-sdk>=1.30",
-        "trio>=0.27",
+        "trio>=0.32",  # what anyio 4.16 needs of it
         "trustme>=1.2",
         "pytest-xdist>=3.6",
         f"--python={session.virtualenv.location}",
