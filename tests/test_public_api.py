@@ -122,6 +122,7 @@ INTERNAL = {
     "ccm_async._otel": {"OtelTelemetry"},
     "ccm_async._polling": {"poll_until_terminal"},
     "ccm_async._retry": {
+        "Caller",
         "Deadline",
         "Lookup",
         "RetryBudget",
