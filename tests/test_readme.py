@@ -119,7 +119,8 @@ def test_the_readme_s_web_backend_is_the_tested_example_app() -> None:
     """examples/fastapi_app.py runs in tests/test_example_app.py; the README shows
     its code as it is."""
     source = (Path(__file__).parent.parent / "examples" / "fastapi_app.py").read_text()
-    assert WEB_BACKEND == [source.split("from __future__ import annotations\n\n", 1)[1]]
+    code = source.split("from __future__ import annotations\n\n", 1)[1]
+    assert [code] == WEB_BACKEND
 
 
 def test_the_readme_has_runnable_examples() -> None:
