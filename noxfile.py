@@ -64,6 +64,7 @@ def lowest(session: nox.Session) -> None:
         "-e",
         ".[testing,cli,aiohttp,otel]",
         "pytest>=8.3",
+        "fastapi>=0.115",
         "hypothesis>=6.100",
         "opentelemetry-exporter-otlp-proto-http>=1.30",
         "opentelemetry-sdk>=1.30",

@@ -94,14 +94,23 @@ def paths(count: int) -> list[str]:
 
 async def load(base: str, count: int, in_flight: int) -> dict[str, object]:
     """``count`` requests, ``in_flight`` at a time: rate, latencies, statuses."""
-    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
-        await ready(client)
+    # httpx's pool costs O(connections²) per request (encode/httpcore#1035): at 200
+    # connections in one client the load generator, not the app, was measured.
+    per_client = min(in_flight, 10)
+    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base, limits=limits, timeout=120)
+            )
+            for _ in range(-(-in_flight // per_client))
+        ]
+        await ready(clients[0])
         todo = iter(paths(count))
         latencies: list[float] = []
         statuses: collections.Counter[int] = collections.Counter()
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             for path in todo:
                 sent = time.perf_counter()
                 response = await client.get(path)
@@ -109,7 +118,7 @@ async def load(base: str, count: int, in_flight: int) -> dict[str, object]:
                 statuses[response.status_code] += 1
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(in_flight)))
         elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         Direction,
         Recording,
     )
+    from ccm_async._problem import Problem
     from ccm_async._retry import RetryPolicy
     from ccm_async._throttle import RateLimit
 
@@ -66,6 +67,7 @@ __all__ = [
     "Direction",
     "ErrorAnswer",
     "InvalidCallSidError",
+    "Problem",
     "RateLimit",
     "RateLimitError",
     "Recording",
@@ -80,7 +82,7 @@ __all__ = [
 ]
 
 # The private modules that define the public names, each in its own __all__.
-_HOMES = ("_client", "_config", "_errors", "_models", "_retry", "_throttle")
+_HOMES = ("_client", "_config", "_errors", "_models", "_problem", "_retry", "_throttle")
 
 
 if not TYPE_CHECKING:  # to a type checker, a name not in the list stays an error

@@ -19,17 +19,34 @@ Every error the library raises is a :class:`CcmError`::
 When the body is the API's envelope, a documented ``error_data.code`` (above)
 picks the class, else its ``response.code``; when it is not the envelope (a
 load balancer's HTML page), the HTTP status does.
+
+An error answers a web request as :meth:`CcmError.to_problem` maps it (the class
+attribute ``problem_status``, inherited by subclasses)::
+
+    InvalidCallSidError                         422
+    CallNotFoundError                           404
+    RateLimitError                              503 (with Retry-After when known)
+    RequestTimeoutError, WaitTimeoutError       504
+    TransportError, ServerError, ApiError,
+    ResponseFormatError                         502
+    AuthenticationError                         500 (our credentials, not the caller's)
+    ConfigurationError, CcmError                500
+    ClientClosedError                           503
 """
 
 from __future__ import annotations
 
+import http
 import json
+import math
 import re
 import reprlib
 import traceback
 from typing import Any, cast
 
 import attrs
+
+from ccm_async._problem import Problem
 
 __all__ = [
     "ApiError",
@@ -54,12 +71,19 @@ __all__ = [
 ]
 
 
+_DETAIL_LIMIT = 1000
+"""Characters of a problem's ``detail``: the message, never a server's whole text."""
+
+
 class CcmError(Exception):
     """Base class of every error raised by ccm_async.
 
     ``call_sid`` names the lookup that failed, when there was one; ``attempts``
     is how many requests the lookup sent before giving up (0 when none was).
+    ``problem_status`` is the HTTP status :meth:`to_problem` answers with.
     """
+
+    problem_status = 500
 
     def __init__(self, message: str, *, call_sid: str | None = None) -> None:
         super().__init__(message)
@@ -72,6 +96,49 @@ class CcmError(Exception):
         # cause). args go in the state: OSError's __new__ (TimeoutError's) ignores them.
         return type(self).__new__, (type(self),), {**vars(self), "args": self.args}
 
+    def to_problem(self, *, status: int | None = None) -> Problem:
+        """This error as the answer of a web request that needed the lookup.
+
+        The status is the class's ``problem_status`` unless ``status`` (400-599)
+        is given: 422 for an invalid SID, 404 for a call not found, 503 for a rate
+        limit (with ``Retry-After``, rounded up) or a closed client, 504 for a
+        timeout, 502 for the API's failures, and 500 for our own settings, the
+        API's refusal of our credentials included (never passed on as a 401).
+        """
+        status = self.problem_status if status is None else _problem_status(status)
+        body: dict[str, Any] = {
+            "type": "about:blank",
+            "title": _title(status),
+            "status": status,
+            "detail": one_line(str(self), _DETAIL_LIMIT),
+        }
+        for key, value in self._problem_members().items():
+            if value is not None:
+                body[key] = one_line(value) if isinstance(value, str) else value
+        headers = {"content-type": "application/problem+json", **self._problem_headers()}
+        return Problem(status=status, headers=headers, body=body)
+
+    def _problem_members(self) -> dict[str, object]:
+        return {"call_sid": self.call_sid}
+
+    def _problem_headers(self) -> dict[str, str]:
+        return {}
+
+
+def _problem_status(status: object) -> int:
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        raise ConfigurationError(
+            f"status must be an HTTP error status from 400 to 599, got {shown(status)}"
+        )
+    return status
+
+
+def _title(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # a status no RFC names (499, say)
+        return "Client Error" if status < 500 else "Server Error"
+
 
 class ConfigurationError(CcmError, ValueError):
     """A setting is missing or invalid (credentials, region, base URL, limits)."""
@@ -80,6 +147,8 @@ class ConfigurationError(CcmError, ValueError):
 class InvalidCallSidError(CcmError, ValueError):
     """The call SID cannot be a CCM call SID; no request was sent."""
 
+    problem_status = 422
+
 
 class TransportError(CcmError):
     """The request got no complete response: connection refused or dropped, TLS, protocol.
@@ -87,17 +156,22 @@ class TransportError(CcmError):
     The HTTP stack's own exception (httpcore's, httpx's or aiohttp's) is the ``__cause__``.
     """
 
+    problem_status = 502
+
 
 class RequestTimeoutError(TransportError, TimeoutError):
     """An httpx timeout (connect, read, write or pool) expired, or the lookup's
     deadline (``RetryPolicy.timeout``) passed; then ``deadline_exceeded`` is True."""
 
+    problem_status = 504
     deadline_exceeded: bool = False
 
 
 class WaitTimeoutError(CcmError, TimeoutError):
     """``wait_for_terminal`` timed out before the call ended; ``last_state`` is the
     last ``call_state`` seen (None if the call was never found)."""
+
+    problem_status = 504
 
     def __init__(self, message: str, *, call_sid: str, last_state: str | None) -> None:
         super().__init__(message, call_sid=call_sid)
@@ -107,10 +181,14 @@ class WaitTimeoutError(CcmError, TimeoutError):
 class ClientClosedError(CcmError, RuntimeError):
     """The client is closed, or was closed while a lookup or a batch was running."""
 
+    problem_status = 503
+
 
 class ResponseFormatError(CcmError):
     """The response body is not the API's: not JSON, not the envelope, a wrong-typed field,
     or too large. The message names the offending field's path, never the whole body."""
+
+    problem_status = 502
 
 
 @attrs.define(kw_only=True, slots=False, eq=False)
@@ -141,22 +219,39 @@ class ErrorAnswer:
 class ApiError(CcmError, ErrorAnswer):
     """The API answered with an error; its attributes are :class:`ErrorAnswer`'s."""
 
+    problem_status = 502
+
     def __init__(self, summary: str, answer: ErrorAnswer) -> None:
         super().__init__(summary, call_sid=answer.call_sid)
         vars(self).update(attrs.asdict(answer, recurse=False))
 
+    def _problem_members(self) -> dict[str, object]:
+        return {**super()._problem_members(), "code": self.code, "request_id": self.request_id}
+
 
 class CallNotFoundError(ApiError):
     """No such call, or a call this API does not serve (404: 3043, 3044, 3045)."""
+
+    problem_status = 404
 
 
 class AuthenticationError(ApiError):
     """Credentials were refused (401/403). An account lives in one region, and the
     other region's host refuses its credentials: check both."""
 
+    # Our credentials are wrong: the web request's caller is not to blame.
+    problem_status = 500
+
 
 class RateLimitError(ApiError):
     """Too many requests for the account (429); ``retry_after`` is the server's hint."""
+
+    problem_status = 503
+
+    def _problem_headers(self) -> dict[str, str]:
+        if self.retry_after is None or not math.isfinite(self.retry_after):
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class ServerError(ApiError):

@@ -148,6 +148,7 @@ INTERNAL = {
         "telemetry_for",
     },
     "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
+    "ccm_async.testing._fake": {"serve_asgi"},
     "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }
 

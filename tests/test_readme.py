@@ -108,6 +108,21 @@ async def test_readme_command_examples_run_in_order(tmp_path: Path) -> None:
         assert sorted(line.split()[0] for line in done.stdout.decode().splitlines()) == sids
 
 
+WEB_BACKEND = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+    if "FastAPI(" in block
+]
+
+
+def test_the_readme_s_web_backend_is_the_tested_example_app() -> None:
+    """examples/fastapi_app.py runs in tests/test_example_app.py; the README shows
+    its code as it is."""
+    source = (Path(__file__).parent.parent / "examples" / "fastapi_app.py").read_text()
+    code = source.split("from __future__ import annotations\n\n", 1)[1]
+    assert [code] == WEB_BACKEND
+
+
 def test_the_readme_has_runnable_examples() -> None:
     assert len(SCRIPTS) >= 4
     assert len(TEST_EXAMPLES) >= 1

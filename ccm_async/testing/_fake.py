@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import datetime as dt
 import enum
 import hashlib
@@ -26,7 +27,7 @@ import httpx
 from ccm_async import AsyncCcmClient, CallDetails, RateLimit
 from ccm_async._convert import V3_KEYS, ApiVersion
 
-__all__ = ["FakeCcm", "Fault", "RecordedRequest"]
+__all__ = ["FakeCcm", "Fault", "RecordedRequest", "serve_asgi"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -509,55 +510,72 @@ class FakeCcm:
 
     # -- on a socket --------------------------------------------------------------
 
-    @asynccontextmanager
-    async def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> AsyncGenerator[str]:
+    def serve(
+        self, *, host: str = "127.0.0.1", port: int = 0
+    ) -> contextlib.AbstractAsyncContextManager[str]:
         """Serve the fake on a real socket; yields its base URL (``http://127.0.0.1:PORT``).
 
         The server (uvicorn, from the ``testing`` extra) runs its own event loop in
         a thread, so this works whichever async backend the caller runs.
         """
-        try:
-            import uvicorn  # noqa: PLC0415 - an optional extra
-        except ImportError as exc:  # pragma: no cover - the test suite has it
-            raise RuntimeError(
-                "FakeCcm.serve() needs uvicorn: pip install 'ccm-async[testing]'"
-            ) from exc
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say
-        # so, and without it every keep-alive response waits ~40 ms (delayed ACK).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        config = uvicorn.Config(
-            self,
-            lifespan="off",
-            log_config=None,
-            log_level="critical",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-            # Longer than the client keeps idle connections (5 s): at equal timeouts
-            # the server closes one just as the client reuses it.
-            timeout_keep_alive=60,
-            backlog=4096,
-            # asyncio's loop, not uvloop's: the fake's clock (its rate-limit window,
-            # RecordedRequest.time) then has the monotonic clock's resolution, where
-            # uvloop's counts whole milliseconds.
-            loop="asyncio",
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="FakeCcm", daemon=True
-        )
-        thread.start()
-        try:
-            while not server.started:
-                if not thread.is_alive():  # pragma: no cover - a broken install
-                    raise RuntimeError("FakeCcm's server failed to start")
-                await anyio.sleep(0.005)
-            yield f"http://{host}:{sock.getsockname()[1]}"
-        finally:
-            server.should_exit = True
-            await anyio.to_thread.run_sync(thread.join)
-            sock.close()
+        return serve_asgi(self, host=host, port=port, name="FakeCcm")
+
+
+@asynccontextmanager
+async def serve_asgi(
+    app: Any, *, host: str = "127.0.0.1", port: int = 0, lifespan: bool = False, name: str
+) -> AsyncGenerator[str]:
+    """Serve the ASGI ``app`` under uvicorn, its own event loop in a thread, on a
+    socket bound before the server starts (no port race); yields its base URL.
+
+    With ``lifespan`` the app's startup runs first, and a failed one is a RuntimeError.
+    """
+    try:
+        import uvicorn  # noqa: PLC0415 - an optional extra
+    except ImportError as exc:  # pragma: no cover - the test suite has it
+        raise RuntimeError(
+            f"{name} on a socket needs uvicorn: pip install 'ccm-async[testing]'"
+        ) from exc
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say
+    # so, and without it every keep-alive response waits ~40 ms (delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        app,
+        lifespan="on" if lifespan else "off",
+        log_config=None,
+        log_level="critical",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        # Longer than the client keeps idle connections (5 s): at equal timeouts
+        # the server closes one just as the client reuses it.
+        timeout_keep_alive=60,
+        backlog=4096,
+        # asyncio's loop, not uvloop's: the fake's clock (its rate-limit window,
+        # RecordedRequest.time) then has the monotonic clock's resolution, where
+        # uvloop's counts whole milliseconds.
+        loop="asyncio",
+    )
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        # A failed startup is uvicorn's sys.exit(3), which the loop below reports.
+        with contextlib.suppress(SystemExit):
+            server.run(sockets=[sock])
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"{name}'s server failed to start")
+            await anyio.sleep(0.005)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await anyio.to_thread.run_sync(thread.join)
+        sock.close()
 
 
 def _header_value(scope: Scope, name: bytes) -> str | None:

@@ -1,0 +1,1 @@
+"""Runnable recipes for ccm_async, each run by the test suite."""
