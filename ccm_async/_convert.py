@@ -48,8 +48,12 @@ __all__ = [
     "call_to_dict",
     "converter",
     "decode_response",
+    "known_or_str",
     "loads",
     "structure_call",
+    "structure_datetime",
+    "structure_int",
+    "structure_str",
 ]
 
 ApiVersion = Literal["v2", "v3"]
@@ -73,7 +77,8 @@ def _reject(value: object, expected: str) -> NoReturn:
     raise TypeError(f"expected {expected}, got {type(value).__name__}")
 
 
-def _structure_str(value: object, _: object) -> str:
+def structure_str(value: object, _: object) -> str:
+    """A string field: a string, or an integer's exact digits; else TypeError."""
     # An integer identifier (a flow's app_id, say) keeps its exact digits.
     if isinstance(value, str):
         return value
@@ -82,7 +87,9 @@ def _structure_str(value: object, _: object) -> str:
     _reject(value, "a string")
 
 
-def _structure_int(value: object, _: object) -> int:
+def structure_int(value: object, _: object) -> int:
+    """An integer field: an int, a whole float, or a string of up to 18 digits (a sign
+    and spaces around allowed); never a bool. Else TypeError or ValueError."""
     if isinstance(value, bool):
         _reject(value, "an integer")
     if isinstance(value, int):
@@ -96,7 +103,9 @@ def _structure_int(value: object, _: object) -> int:
     _reject(value, "an integer")
 
 
-def _structure_datetime(value: object, _: object) -> dt.datetime:
+def structure_datetime(value: object, _: object) -> dt.datetime:
+    """An ISO 8601 string with a UTC offset, as an aware datetime; else TypeError or
+    ValueError (a naive timestamp too)."""
     if not isinstance(value, str):
         _reject(value, "an ISO 8601 timestamp")
     try:
@@ -111,11 +120,13 @@ def _structure_datetime(value: object, _: object) -> dt.datetime:
 def _structure_moment(value: object, _: object) -> dt.datetime | None:
     if value is None:
         return None
-    parsed = _structure_datetime(value, _)
+    parsed = structure_datetime(value, _)
     return None if parsed == _UNIX_EPOCH else parsed
 
 
-def _known_or_str(enum_cls: type[_E]) -> Callable[[object, object], _E | str | None]:
+def known_or_str(enum_cls: type[_E]) -> Callable[[object, object], _E | str | None]:
+    """A hook for an open enum: a known value as its member, an unknown string as it
+    is, None as None; anything else a TypeError."""
     known: dict[str, _E] = {member.value: member for member in enum_cls}
 
     def structure(value: object, _: object) -> _E | str | None:
@@ -147,13 +158,13 @@ def converter() -> cattrs.Converter:
     import cattrs  # noqa: PLC0415 - with its generated hooks, a third of ccm_async's import
 
     conv = cattrs.Converter(detailed_validation=True)
-    conv.register_structure_hook(str, _structure_str)
-    conv.register_structure_hook(int, _structure_int)
-    conv.register_structure_hook(dt.datetime, _structure_datetime)
+    conv.register_structure_hook(str, structure_str)
+    conv.register_structure_hook(int, structure_int)
+    conv.register_structure_hook(dt.datetime, structure_datetime)
     conv.register_unstructure_hook(dt.datetime, dt.datetime.isoformat)
     _register_exact(conv, dt.datetime | None, _structure_moment)
     for enum_cls in (CallState, Direction, CallStatus):
-        _register_exact(conv, enum_cls | str | None, _known_or_str(enum_cls))
+        _register_exact(conv, enum_cls | str | None, known_or_str(enum_cls))
         conv.register_unstructure_hook(enum_cls, _plain_str)
     # Leaves first: a generated function binds its fields' hooks when it is made.
     for cls in (Recording, AgentDetails, CustomerDetails):

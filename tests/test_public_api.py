@@ -95,8 +95,12 @@ INTERNAL = {
         "call_to_dict",
         "converter",
         "decode_response",
+        "known_or_str",
         "loads",
         "structure_call",
+        "structure_datetime",
+        "structure_int",
+        "structure_str",
     },
     "ccm_async._errors": {
         "Secrets",
