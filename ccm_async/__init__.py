@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         ClientClosedError,
         ConfigurationError,
         ErrorAnswer,
+        EventFormatError,
         InvalidCallSidError,
         RateLimitError,
         RequestTimeoutError,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
         TransportError,
         WaitTimeoutError,
     )
+    from ccm_async._events import CallEvent, CallEventType, Leg, StatusCallback, parse_call_event
     from ccm_async._models import (
         AgentDetails,
         CallDetails,
@@ -55,6 +57,8 @@ __all__ = [
     "AsyncCcmClient",
     "AuthenticationError",
     "CallDetails",
+    "CallEvent",
+    "CallEventType",
     "CallNotFoundError",
     "CallResult",
     "CallState",
@@ -66,7 +70,9 @@ __all__ = [
     "CustomerDetails",
     "Direction",
     "ErrorAnswer",
+    "EventFormatError",
     "InvalidCallSidError",
+    "Leg",
     "Problem",
     "RateLimit",
     "RateLimitError",
@@ -76,13 +82,15 @@ __all__ = [
     "ResponseFormatError",
     "RetryPolicy",
     "ServerError",
+    "StatusCallback",
     "TransportError",
     "WaitTimeoutError",
     "__version__",
+    "parse_call_event",
 ]
 
 # The private modules that define the public names, each in its own __all__.
-_HOMES = ("_client", "_config", "_errors", "_models", "_problem", "_retry", "_throttle")
+_HOMES = ("_client", "_config", "_errors", "_events", "_models", "_problem", "_retry", "_throttle")
 
 
 if not TYPE_CHECKING:  # to a type checker, a name not in the list stays an error

@@ -14,7 +14,9 @@ Every error the library raises is a :class:`CcmError`::
     │   ├── AuthenticationError 401, 403, 1010: wrong credentials or wrong region
     │   ├── RateLimitError      429, 10724 (v3)
     │   └── ServerError         5xx: 1100, 3042, 3046, 3075
-    └── ResponseFormatError     a body that is not what the API sends
+    ├── ResponseFormatError     a body that is not what the API sends
+    └── EventFormatError        (also ValueError) a call event or status callback
+                                that cannot be read (parse_call_event)
 
 When the body is the API's envelope, a documented ``error_data.code`` (above)
 picks the class, else its ``response.code``; when it is not the envelope (a
@@ -23,6 +25,7 @@ load balancer's HTML page), the HTTP status does.
 An error answers a web request as :meth:`CcmError.to_problem` maps it (the class
 attribute ``problem_status``, inherited by subclasses)::
 
+    EventFormatError                            400
     InvalidCallSidError                         422
     CallNotFoundError                           404
     RateLimitError                              503 (with Retry-After when known)
@@ -56,6 +59,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ErrorAnswer",
+    "EventFormatError",
     "InvalidCallSidError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -189,6 +193,19 @@ class ResponseFormatError(CcmError):
     or too large. The message names the offending field's path, never the whole body."""
 
     problem_status = 502
+
+
+class EventFormatError(CcmError, ValueError):
+    """A body given to ``parse_call_event`` is not a call event or a status callback
+    this library can read: a wrong type, encoding or content type, a missing
+    ``CallSid``, a wrong-typed field, or over a limit (size, legs, fields, depth).
+
+    The message is one bounded line naming the field's path (``$.call_details.start_time``,
+    ``Legs[0][OnCallDuration]``), never the whole body; ``call_sid`` is the event's
+    SID when it was readable. A web handler answers it with 400 (:meth:`to_problem`).
+    """
+
+    problem_status = 400
 
 
 @attrs.define(kw_only=True, slots=False, eq=False)

@@ -21,6 +21,7 @@ from ccm_async import (
     CcmError,
     ConfigurationError,
     ErrorAnswer,
+    EventFormatError,
     InvalidCallSidError,
     RateLimitError,
     RequestTimeoutError,
@@ -206,6 +207,7 @@ def test_exception_tree() -> None:
         assert issubclass(cls, ApiError)
     assert issubclass(ApiError, CcmError)
     assert ResponseFormatError.__bases__ == (CcmError,)
+    assert EventFormatError.__bases__ == (CcmError, ValueError)
 
 
 def test_retry_after_seconds_and_dates() -> None:

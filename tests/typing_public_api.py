@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Mapping
-from typing import assert_type
+from typing import Any, assert_type
 
 import httpx
 
@@ -12,16 +12,22 @@ from ccm_async import (
     ApiError,
     AsyncCcmClient,
     CallDetails,
+    CallEvent,
+    CallEventType,
     CallNotFoundError,
     CallResult,
     CallState,
     CcmError,
     ClientStats,
+    EventFormatError,
+    Leg,
     RateLimit,
     RateLimitError,
     Region,
     RetryPolicy,
+    StatusCallback,
     WaitTimeoutError,
+    parse_call_event,
 )
 from ccm_async.testing import FakeCcm, Fault, instant_backoff
 
@@ -99,3 +105,22 @@ async def bulk(sids: list[str], events: AsyncIterator[str]) -> None:
         assert_type(stats, ClientStats)
         assert_type(stats.responses, Mapping[int, int])
         assert_type(stats.adaptive_rate, float | None)
+
+
+def webhook(body: bytes, content_type: str | None) -> str:
+    try:
+        event = parse_call_event(body, content_type)
+    except EventFormatError as exc:
+        assert_type(exc.to_problem().status, int)
+        return str(exc)
+    if isinstance(event, CallEvent):
+        assert_type(event.event_type, CallEventType | str)
+        assert_type(event.call, CallDetails)
+        return event.call_sid
+    assert_type(event, StatusCallback)
+    legs: tuple[Leg, ...] = event.legs
+    ended: dt.datetime | None = event.end_time
+    talk: int | None = event.conversation_duration
+    del legs, ended, talk
+    assert_type(event.to_dict(), dict[str, Any])
+    return event.call_sid if event.is_terminal else ""
