@@ -189,11 +189,17 @@ def parse_call_event(
 ) -> CallEvent | StatusCallback:
     """The call event or status callback a webhook request's ``body`` holds.
 
-    ``content_type`` is the request's ``Content-Type`` header (None or empty: the
-    body's first character decides, ``{`` for JSON, else a urlencoded form). A body
-    that is neither shape, or is not readable as its content type says, raises
-    :class:`EventFormatError` (a ``ValueError``), and nothing else does; see the
-    module's rules of tolerance in the README (Exotel's call events).
+    ``content_type`` is the request's ``Content-Type`` header: JSON, a urlencoded
+    form or ``multipart/form-data``, its ``charset`` honoured (None or empty: the
+    body's first character decides, ``{`` for JSON, else a urlencoded form). A JSON
+    object with ``event_details`` or ``call_details`` is a :class:`CallEvent`; one
+    with ``CallSid``, or a form, a :class:`StatusCallback`. Keys not read are
+    ignored, a key read twice is refused, an empty string is None, and a time as
+    ``YYYY-MM-DD HH:mm:ss`` is India time (+05:30), any other ISO 8601 with an offset.
+
+    A body that is neither shape, is not readable as its content type says, or is
+    over a limit (1 MiB, 100 legs, 1,000 form fields) raises :class:`EventFormatError`
+    (a ``ValueError``, answered with 400 by ``to_problem()``), and nothing else does.
     """
     data = _body_data(body)
     media, params = _media_type(content_type)
