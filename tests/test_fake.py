@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -14,6 +18,8 @@ from ccm_async._config import Credentials
 from ccm_async.testing import FakeCcm, Fault
 
 pytestmark = pytest.mark.anyio
+
+IST = dt.timezone(dt.timedelta(hours=5, minutes=30))
 
 
 async def test_fail_times_then_recover() -> None:
@@ -197,3 +203,52 @@ async def test_rate_limit_headers_and_their_429() -> None:
         exception["Message"]
         == f"Rate limit exceeded. Try again in {limited.headers['retry-after']} seconds."
     )
+
+
+async def posted_by(post: Callable[[httpx.AsyncClient], Awaitable[object]]) -> httpx.Request:
+    """The request ``post`` makes through the client it is given."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        await post(http)
+    (request,) = seen
+    return request
+
+
+async def test_a_status_callback_of_a_malformed_call_posts_its_values_as_they_are() -> None:
+    fake = FakeCcm()
+    fake.add_call({"call_sid": "odd", "start_time": "yesterday", "recordings": "none"})
+    request = await posted_by(
+        lambda http: fake.post_status_callback("http://127.0.0.1/e", "odd", http_client=http)
+    )
+    form = dict(urllib.parse.parse_qsl(request.content.decode(), keep_blank_values=True))
+    assert form["CallSid"] == "odd"
+    assert form["StartTime"] == "yesterday"
+    assert form["RecordingUrl"] == form["Status"] == form["DateUpdated"] == ""
+    assert form["Legs[0][Status]"] == ""
+
+
+async def test_a_call_event_posts_the_call_as_served_in_india_time_for_v1(
+    fake: FakeCcm, sample_response: dict[str, Any]
+) -> None:
+    data = sample_response["response"]["data"]
+    request = await posted_by(
+        lambda http: fake.post_call_event("http://127.0.0.1/e", data["call_sid"], http_client=http)
+    )
+    assert json.loads(request.content) == {
+        "event_details": {"event_type": "terminal"},
+        "call_details": data,
+    }
+    request = await posted_by(
+        lambda http: fake.post_status_callback(
+            "http://127.0.0.1/e", data["call_sid"], form=False, http_client=http
+        )
+    )
+    start = dt.datetime.fromisoformat(data["start_time"]).astimezone(IST)
+    assert json.loads(request.content)["StartTime"] == start.strftime("%Y-%m-%d %H:%M:%S")
+    with pytest.raises(ValueError, match="no call"):
+        await fake.post_call_event("http://127.0.0.1/e", "not-served")

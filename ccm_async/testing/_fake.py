@@ -17,7 +17,7 @@ import socket
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 
 import anyio
 import anyio.lowlevel
@@ -508,6 +508,49 @@ class FakeCcm:
         if latency > 0:
             await anyio.sleep(latency)
 
+    # -- call events ----------------------------------------------------------------
+
+    async def post_call_event(
+        self,
+        url: str,
+        call_sid: str,
+        *,
+        event_type: str = "terminal",
+        http_client: httpx.AsyncClient | None = None,
+    ) -> httpx.Response:
+        """POST to ``url`` the CCM status callback Exotel would send for ``call_sid``
+        (JSON: ``event_details.event_type`` and, as ``call_details``, the call as this
+        fake serves it now), to test a receiver. Returns the receiver's answer.
+
+        ``http_client`` sends it (an in-process app's, say); by default a new one.
+        """
+        body = {"event_details": {"event_type": event_type}, "call_details": self._served(call_sid)}
+        return await _post(url, http_client, json=body)
+
+    async def post_status_callback(
+        self,
+        url: str,
+        call_sid: str,
+        *,
+        event_type: str | None = "terminal",
+        form: bool = True,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> httpx.Response:
+        """POST to ``url`` Exotel's v1 status callback for ``call_sid`` as this fake
+        serves it now: form-encoded (or JSON with ``form=False``), times as
+        ``YYYY-MM-DD HH:mm:ss`` in India time. With ``event_type`` None, only the
+        four fields of the plain callback; otherwise the event's fields and ``Legs``."""
+        fields = _status_callback(self._served(call_sid), event_type)
+        if form:
+            return await _post(url, http_client, data=_form_fields(fields))
+        return await _post(url, http_client, json=fields)
+
+    def _served(self, call_sid: str) -> dict[str, Any]:
+        data = self._call_data(call_sid)
+        if data is None:
+            raise ValueError("the fake serves no call with that SID")
+        return data
+
     # -- on a socket --------------------------------------------------------------
 
     def serve(
@@ -576,6 +619,73 @@ async def serve_asgi(
         server.should_exit = True
         await anyio.to_thread.run_sync(thread.join)
         sock.close()
+
+
+async def _post(url: str, http_client: httpx.AsyncClient | None, **body: Any) -> httpx.Response:
+    if http_client is not None:
+        return await http_client.post(url, **body)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        return await client.post(url, **body)
+
+
+def _status_callback(data: Mapping[str, Any], event_type: str | None) -> dict[str, Any]:
+    """v1's status callback fields for a call served as v2's ``data``."""
+    recordings = cast("list[object]", data.get("recordings") or [None])
+    first_recording = _object(recordings[0] if isinstance(recordings, list) else None)
+    fields: dict[str, Any] = {
+        "CallSid": data["call_sid"],
+        "Status": data.get("call_status"),
+        "DateUpdated": _v1_time(data.get("updated_time")),
+        "RecordingUrl": first_recording.get("url"),
+    }
+    if event_type is None:
+        return fields
+    agent, customer = (
+        _object(data.get(key)) for key in ("assigned_agent_details", "customer_details")
+    )
+    return {
+        **fields,
+        "EventType": event_type,
+        "DateCreated": _v1_time(data.get("created_time")),
+        "StartTime": _v1_time(data.get("start_time")),
+        "EndTime": _v1_time(data.get("end_time")),
+        "ConversationDuration": data.get("total_talk_time"),
+        "Direction": data.get("direction"),
+        # Make Call connects From (the agent) first, then To (the customer).
+        "From": agent.get("contact_uri"),
+        "To": customer.get("contact_uri"),
+        "PhoneNumberSid": data.get("virtual_number"),
+        "CustomField": data.get("custom_field"),
+        "Legs": [
+            {"OnCallDuration": data.get("total_talk_time"), "Status": data.get("call_status")}
+        ],
+    }
+
+
+def _object(value: object) -> Mapping[str, Any]:
+    return cast("dict[str, Any]", value) if isinstance(value, dict) else {}
+
+
+def _v1_time(value: object) -> object:
+    # v1 says local time in India, without an offset. A value that is no ISO
+    # timestamp (a malformed call added on purpose) is posted as it is.
+    try:
+        moment = dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+    return moment.astimezone(_IST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _form_fields(fields: Mapping[str, Any]) -> dict[str, str]:
+    """``fields`` as a form, ``Legs`` as ``Legs[0][Status]`` and so on."""
+    form = {name: _form_value(value) for name, value in fields.items() if name != "Legs"}
+    for index, leg in enumerate(fields.get("Legs", ())):
+        form.update({f"Legs[{index}][{name}]": _form_value(value) for name, value in leg.items()})
+    return form
+
+
+def _form_value(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _header_value(scope: Scope, name: bytes) -> str | None:
