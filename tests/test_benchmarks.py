@@ -40,3 +40,22 @@ def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert results["telemetry"]["sdk_in_memory"]["on_us"] > 0
     assert (tmp_path / "throughput.png").read_bytes().startswith(b"\x89PNG")
     assert "ccm_async / tuned httpx" in done.stdout
+
+
+def test_quick_web_benchmark_serves_both_apps() -> None:
+    web = RUN.parent / "web.py"
+    done = subprocess.run(
+        [sys.executable, str(web), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    for app in ("ccm_async", "plain httpx"):
+        for run in results[app].values():
+            assert sum(run["statuses"].values()) == run["requests"]
+            assert run["statuses"].get("422", 0) > 0  # the invalid SIDs of the load
+    # The library retries the injected 500s away; it never answers one itself.
+    assert all("500" not in run["statuses"] for run in results["ccm_async"].values())

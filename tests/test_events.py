@@ -33,6 +33,8 @@ from ccm_async import (
 )
 from ccm_async._convert import structure_call
 
+from .test_fuzz import json_values
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CALL = json.loads((FIXTURES / "sample_response.json").read_text())["response"]["data"]
 SID = CALL["call_sid"]
@@ -981,20 +983,6 @@ def test_any_unicode_string_field_comes_back_as_it_was(text: str, encoding: str)
 # -- fuzz ---------------------------------------------------------------------------------
 
 
-json_leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats()
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_leaves,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 content_types = st.sampled_from(
     [
         None,
