@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_VERSIONS",
+    "MAX_RECORDINGS",
     "V3_KEYS",
     "ApiVersion",
     "call_from_dict",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 ApiVersion = Literal["v2", "v3"]
+MAX_RECORDINGS: Final = 1000
+"""The most recordings a call is read with (a call has one per leg, or a few)."""
 API_VERSIONS: Final[tuple[ApiVersion, ...]] = ("v2", "v3")
 
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -147,6 +150,10 @@ def _null_as_empty(
             return ()
         if not isinstance(value, list | tuple):
             _reject(value, "a list of recordings")
+        # Bounded before cattrs reads them: it builds an exception for each bad
+        # item, and 1 MiB of them took seconds.
+        if len(value) > MAX_RECORDINGS:
+            raise ValueError(f"more than {MAX_RECORDINGS:,} recordings ({len(value):,})")
         return sequence_hook(value, type_)
 
     return structure

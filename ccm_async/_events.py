@@ -38,6 +38,7 @@ what was wrong, never the body.
 """
 
 # Annotations are evaluated here, as in _models: the classes are shown as ccm_async.X.
+import codecs
 import datetime as dt
 import enum
 import json
@@ -73,6 +74,15 @@ MAX_FORM_FIELDS: Final = 1000
 IST: Final = dt.timezone(dt.timedelta(hours=5, minutes=30))
 _MESSAGE_LIMIT: Final = 1000
 _HEADER_LIMIT: Final = 1000
+# The charsets a body is read in: codecs that loop in C, in time linear in the
+# body. Others are refused, whatever Python knows: punycode, a pure-Python codec,
+# took two minutes on 1 MiB.
+_CHARSETS: Final = re.compile(
+    r"utf-(8|16|32)(-sig|-le|-be)?|ascii|iso8859-[0-9]+|cp125[0-8]|koi8-[ru]"
+    r"|shift_jis|euc_jp|euc_kr|gb2312|gbk|gb18030|big5|cp932|cp949|cp950"
+)
+# UTF-32's little-endian BOM begins with UTF-16's.
+_UNICODE_BOMS: Final = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
 
 _JSON: Final = "application/json"
 _FORM: Final = "application/x-www-form-urlencoded"
@@ -82,9 +92,10 @@ _MEDIA_TYPE: Final = re.compile(rf"{_TCHARS}/{_TCHARS}")
 _HEADER_TEXT: Final = re.compile(rf"[\t\x20-\x7e]{{1,{_HEADER_LIMIT}}}")
 _BOUNDARY: Final = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
 _INDIA_TIME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+# What a SID may be, as get_call has it: a SID an event gives is one to look up.
+_NOT_A_SID: Final = "'{}' is not a call SID (1-64 letters, digits, '_' and '-')"
 _NO_TIME: Final = "0000-00-00 00:00:00"
 _LEG_KEY: Final = re.compile(r"Legs\[(0|[1-9][0-9]{0,5})\]\[([A-Za-z]{1,40})\]")
-_UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
 class CallEventType(enum.StrEnum):
@@ -227,8 +238,13 @@ def _fail(message: str, *, call_sid: str | None = None) -> NoReturn:
 
 
 def _body_data(body: object) -> bytes | str:
-    if isinstance(body, bytes | str):
+    if isinstance(body, bytes):
         _check_size(len(body))
+        return body
+    if isinstance(body, str):
+        # Its size as it came, in UTF-8: a character may be up to four bytes.
+        if len(body) > MAX_BODY_BYTES // 4:
+            _check_size(len(body.encode("utf-8", "surrogatepass")))
         return body
     if isinstance(body, bytearray):
         _check_size(len(body))
@@ -280,14 +296,26 @@ def _parameters(content_type: str) -> dict[str, str]:
 def _looks_like_json(data: bytes | str) -> bool:
     if isinstance(data, str):
         return data.removeprefix("\ufeff").lstrip()[:1] == "{"
-    return data.removeprefix(_UTF8_BOM).lstrip()[:1] == b"{"
+    if data.startswith(_UNICODE_BOMS):
+        return _decoded(data[:64], json.detect_encoding(data), partial=True).lstrip()[:1] == "{"
+    return data.lstrip()[:1] == b"{"
 
 
-def _decoded(data: bytes, charset: str) -> str:
+def _codec(charset: str) -> codecs.CodecInfo:
     try:
-        return data.decode(charset)
+        codec = codecs.lookup(charset)
     except LookupError:
         _fail(f"unknown charset '{shown(charset)}'")
+    if not _CHARSETS.fullmatch(codec.name):
+        _fail(f"unsupported charset '{shown(charset)}': not one of the Unicode or legacy sets")
+    return codec
+
+
+def _decoded(data: bytes, charset: str, *, partial: bool = False) -> str:
+    """``data`` as text in ``charset``; ``partial``: it may end inside a character."""
+    codec = _codec(charset)
+    try:
+        return codec.incrementaldecoder().decode(data, final=not partial)
     except (UnicodeError, ValueError, TypeError):  # a codec's own failures
         _fail(f"body is not text in charset '{shown(charset)}'")
 
@@ -356,6 +384,9 @@ def _call_event(document: dict[str, Any]) -> CallEvent:
         raise EventFormatError(str(exc), call_sid=sid) from None
     if call.call_sid is None or not call.call_sid.strip():
         _fail("invalid call event: required field missing @ $.call_details.call_sid")
+    if sid is None:
+        path = "$.call_details.call_sid"
+        _fail(f"invalid call event: {_NOT_A_SID.format(shown(call.call_sid))} @ {path}")
     return CallEvent(event_type=event_type, call=call)
 
 
@@ -447,12 +478,14 @@ def _status_callback(fields: Mapping[str, Any], *, form: bool) -> StatusCallback
     if call_sid is None or not call_sid.strip():
         _fail(f"invalid status callback: required field missing @ {path}")
     sid = _sid_hint(call_sid)
+    if sid is None:
+        _fail(f"invalid status callback: {_NOT_A_SID.format(shown(call_sid))} @ {path}")
     values = {
         name: _read(hook, fields.get(key), _field_path(key, form=form), sid)
         for name, (key, hook) in _CALLBACK_FIELDS.items()
     }
     legs = _legs(fields.get("Legs"), sid, form=form)
-    return StatusCallback(call_sid=call_sid, legs=legs, **values)
+    return StatusCallback(call_sid=sid, legs=legs, **values)
 
 
 def _legs(value: object, sid: str | None, *, form: bool) -> tuple[Leg, ...]:
@@ -499,12 +532,11 @@ def _urlencoded_pairs(data: bytes | str, charset: str | None) -> list[tuple[str,
     text = (data if isinstance(data, str) else _decoded(data, charset)).removeprefix("\ufeff")
     if text.count("&") >= MAX_FORM_FIELDS:
         _fail(f"more than {MAX_FORM_FIELDS:,} form fields")
+    encoding = _codec(charset).name  # its %-escapes are bytes in it
     try:
         return urllib.parse.parse_qsl(
-            text, keep_blank_values=True, encoding=charset, errors="strict"
+            text, keep_blank_values=True, encoding=encoding, errors="strict"
         )
-    except LookupError:
-        _fail(f"unknown charset '{shown(charset)}'")
     except ValueError:  # a %-escape that is not text in the charset
         _fail(f"form body is not text in charset '{shown(charset)}'")
 

@@ -310,6 +310,14 @@ def test_json_without_a_charset_is_detected(charset: str) -> None:
         assert parse_call_event(body, None) == EXPECTED
 
 
+@pytest.mark.parametrize("charset", ["utf-16", "utf-32", "utf-8-sig"])
+def test_json_with_a_bom_and_no_content_type_is_json(charset: str) -> None:
+    body = json.dumps(CALLBACK, indent=2).encode(charset)
+    assert parse_call_event(body, None) == EXPECTED
+    # Without its opening brace, it is read as a form, and is not one.
+    failure(json.dumps([CALLBACK]).encode(charset))
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/json", "application/json; charset=utf-8", None, ""]
 )
@@ -354,8 +362,11 @@ def test_a_multipart_part_in_base64() -> None:
     [
         ('{"CallSid": "a"}'.encode("utf-16"), "application/json; charset=utf-8", "not text"),
         (b'{"CallSid": "a"}', "application/json; charset=klingon", "unknown charset"),
-        (b'{"CallSid": "a"}', "application/json; charset=rot13", "unknown charset"),
-        (b'{"CallSid": "a"}', "application/json; charset=zlib", "unknown charset"),
+        (b'{"CallSid": "a"}', "application/json; charset=rot13", "unsupported charset"),
+        (b'{"CallSid": "a"}', "application/json; charset=zlib", "unsupported charset"),
+        # Pure-Python codecs, slow (punycode is quadratic): Python knows them, we do not.
+        (b'{"CallSid": "a"}', "application/json; charset=punycode", "unsupported charset"),
+        (b"CallSid=a", "application/x-www-form-urlencoded; charset=utf-7", "unsupported charset"),
         (b"CallSid=a", "application/x-www-form-urlencoded; charset=nope", "unknown charset"),
         (b'{"CallSid": "\xff"}', "application/json", "not text"),
         (b"CallSid=\xff", "application/x-www-form-urlencoded", "not text"),
@@ -732,6 +743,47 @@ def test_a_body_over_1_mib(body_type: Callable[[bytes], object]) -> None:
     raw = json.dumps({"CallSid": SID, "CustomField": "x" * (1024 * 1024)}).encode()
     body = raw.decode() if body_type is str else body_type(raw)
     assert "larger than 1,048,576 bytes" in str(failure(body, "application/json"))
+
+
+def test_a_str_body_is_measured_in_utf_8() -> None:
+    # 300,000 characters, 1.2 MB as they were sent.
+    body = f"CallSid={SID}&CustomField=" + "😀" * 300_000
+    assert "larger than 1,048,576 bytes (1,200," in str(failure(body, None))
+    fits = f"CallSid={SID}&CustomField=" + "😀" * 250_000
+    parsed = parse_call_event(fits, None)
+    assert isinstance(parsed, StatusCallback)
+    assert parsed.custom_field == "😀" * 250_000
+
+
+def test_at_most_1000_recordings() -> None:
+    recordings = [{"url": f"https://example.com/{index}.mp3"} for index in range(1000)]
+    event = copy.deepcopy(EVENT)
+    event["call_details"]["recordings"] = recordings
+    parsed = parse_call_event(json.dumps(event))
+    assert isinstance(parsed, CallEvent)
+    assert len(parsed.call.recordings) == 1000
+    # Counted before each is read: 500,000 bad ones (1 MiB) fail as fast as one more.
+    event["call_details"]["recordings"] = [1] * 500_000
+    error = failure(json.dumps(event, separators=(",", ":")))
+    assert "more than 1,000 recordings (500,000) @ $.call_details.recordings" in str(error)
+
+
+@pytest.mark.parametrize(
+    "sid", ["a b", "x\nWARNING:root:forged", "../../calls", "é", "a" * 65, "a;b"]
+)
+def test_a_call_sid_that_cannot_be_one_is_refused(sid: str) -> None:
+    for document, path in ((with_field("CallSid", sid), "CallSid"), (event_of(sid), "call_sid")):
+        message = str(failure(json.dumps(document)))
+        assert "is not a call SID" in message
+        assert message.endswith(path)
+        assert "\n" not in message
+    failure(urlencoded([("CallSid", sid)]))
+
+
+def event_of(sid: str) -> dict[str, Any]:
+    event = copy.deepcopy(EVENT)
+    event["call_details"]["call_sid"] = sid
+    return event
 
 
 def test_a_body_of_exactly_1_mib_is_read() -> None:

@@ -142,6 +142,7 @@ def test_missing_fields_are_none() -> None:
         ({"recordings": {"url": "x"}}, "$.response.data.recordings", "got dict"),
         ({"recordings": [{"url": 5.5}]}, "$.response.data.recordings[0].url", "got float"),
         ({"recordings": ["x"]}, "$.response.data.recordings[0]", "got str"),
+        ({"recordings": [1] * 1001}, "$.response.data.recordings", "more than 1,000"),
     ],
 )
 def test_wrong_typed_field_names_its_path(data: dict[str, Any], path: str, problem: str) -> None:
