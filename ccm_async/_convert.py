@@ -21,7 +21,7 @@ import enum
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, TypeGuard, TypeVar, cast
 
 import attrs
@@ -152,8 +152,9 @@ def _null_as_empty(
             _reject(value, "a list of recordings")
         # Bounded before cattrs reads them: it builds an exception for each bad
         # item, and 1 MiB of them took seconds.
-        if len(value) > MAX_RECORDINGS:
-            raise ValueError(f"more than {MAX_RECORDINGS:,} recordings ({len(value):,})")
+        count = len(cast("Sized", value))
+        if count > MAX_RECORDINGS:
+            raise ValueError(f"more than {MAX_RECORDINGS:,} recordings ({count:,})")
         return sequence_hook(value, type_)
 
     return structure

@@ -82,7 +82,12 @@ _CHARSETS: Final = re.compile(
     r"|shift_jis|euc_jp|euc_kr|gb2312|gbk|gb18030|big5|cp932|cp949|cp950"
 )
 # UTF-32's little-endian BOM begins with UTF-16's.
-_UNICODE_BOMS: Final = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)
+_UNICODE_BOMS: Final = (
+    codecs.BOM_UTF8,
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+    codecs.BOM_UTF32_BE,
+)
 
 _JSON: Final = "application/json"
 _FORM: Final = "application/x-www-form-urlencoded"

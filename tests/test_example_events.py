@@ -7,19 +7,21 @@ call's terminal event is late.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import attrs
 import httpx
 import pytest
 
-from ccm_async import CallDetails, CallState, CallStatus
-from ccm_async.testing import FakeCcm
+from ccm_async import CallDetails, CallState, CallStatus, parse_call_event
+from ccm_async.testing import FakeCcm, Fault
 from ccm_async.testing._fake import serve_asgi
-from examples.fastapi_app import MAX_EVENT_BODY, create_app
+from examples.fastapi_app import MAX_EVENT_BODY, CallWatch, create_app, hide_key
 
 from .conftest import SAMPLE_SID, wait_until
 from .test_example_app import assert_problem, environment
@@ -276,3 +278,141 @@ async def test_a_retried_callback_ends_a_call_once_until_it_is_forgotten(fake: F
             await anyio.sleep(1)
     # The receiver remembers the last max_pending ends: the first was forgotten.
     assert ended.sids == [*sids, sids[0]]
+
+
+@pytest.mark.virtual_clock
+async def test_an_on_ended_that_fails_is_logged_and_the_app_goes_on(
+    fake: FakeCcm, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add_call(ended_call())
+    ended = Ended()
+
+    async def failing(call: CallDetails) -> None:
+        if call.call_sid == SAMPLE_SID:
+            raise RuntimeError("the app's own bug")
+        await ended(call)
+
+    async with receiver_in_process(fake, on_ended=failing) as http:
+        assert (await fake.post_call_event(URL, SAMPLE_SID, http_client=http)).status_code == 200
+        await anyio.sleep(1)
+        response = await fake.post_call_event(URL, ACTIVE_SID, http_client=http)
+        assert response.status_code == 200
+        await wait_until(lambda: bool(ended.calls))
+        assert (await http.get(f"/calls/{ACTIVE_SID}")).status_code == 200
+    assert ended.calls == [ended_call()]
+    failures = [r for r in caplog.records if "on_ended failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert SAMPLE_SID in failures[0].getMessage()
+
+
+@pytest.mark.virtual_clock
+async def test_a_v1_end_that_ccm_does_not_have_yet_is_polled_for(fake: FakeCcm) -> None:
+    fake.add_call(active_call())
+    ended = Ended()
+    async with receiver_in_process(fake, on_ended=ended) as http:
+        callback = {"CallSid": ACTIVE_SID, "Status": "completed"}
+        assert (await http.post(URL, data=callback)).status_code == 200
+        await anyio.sleep(30)
+        assert ended.calls == []  # the call is still active at CCM: never an active call
+        fake.add_call(ended_call())
+        await wait_until(lambda: bool(ended.calls))
+        # CCM's own terminal event, after: the call has ended once already.
+        await fake.post_call_event(URL, ACTIVE_SID, event_type="terminal", http_client=http)
+        await anyio.sleep(1)
+    assert ended.calls == [ended_call()]
+
+
+@pytest.mark.virtual_clock
+async def test_an_end_whose_lookups_fail_is_polled_for_until_they_succeed(
+    fake: FakeCcm, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.add_call(ended_call())
+    fake.fail(ACTIVE_SID, Fault.server_error(), times=3)
+    ended = Ended()
+    async with receiver_in_process(fake, on_ended=ended, retry=None) as http:
+        callback = {"CallSid": ACTIVE_SID, "Status": "completed"}
+        assert (await http.post(URL, data=callback)).status_code == 200
+        await anyio.sleep(150)  # two waits of a minute after failed polls
+        await wait_until(lambda: bool(ended.calls))
+    assert ended.calls == [ended_call()]
+    assert fake.requests_for(ACTIVE_SID) == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("polling again in a minute" in warning for warning in warnings) == 2
+
+
+@pytest.mark.virtual_clock
+@pytest.mark.parametrize("sid", ["x\nWARNING:root:forged", "../calls", "a" * 65])
+async def test_an_event_for_a_sid_that_cannot_be_one_is_answered_400(
+    fake: FakeCcm, sid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ended = Ended()
+    async with receiver_in_process(fake, on_ended=ended) as http:
+        response = await http.post(URL, data={"CallSid": sid, "Status": "completed"})
+        await anyio.sleep(1)
+    assert_problem(response, 400)
+    assert "is not a call SID" in response.json()["detail"]
+    assert ended.calls == []
+    assert fake.request_count == 0
+    assert not any("\n" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.virtual_clock
+async def test_a_lone_surrogate_from_the_api_is_answered_as_escaped_json(fake: FakeCcm) -> None:
+    half_an_emoji = "😀".encode("utf-16-be")[:2].decode("utf-16-be", "surrogatepass")
+    fake.add_call(attrs.evolve(ended_call(), custom_field=half_an_emoji))
+    async with receiver_in_process(fake) as http:
+        response = await http.get(f"/calls/{ACTIVE_SID}")
+    assert response.status_code == 200
+    assert response.content.isascii()
+    assert b"\\ud83d" in response.content
+    assert response.json()["custom_field"] == half_an_emoji
+
+
+async def test_the_events_key_is_hidden_from_the_access_log(fake: FakeCcm) -> None:
+    access_log = logging.getLogger("uvicorn.access")
+    async with receiver_in_process(fake):
+        assert hide_key in access_log.filters
+        # As uvicorn logs a request: its path with the query.
+        record = logging.LogRecord(
+            "uvicorn.access",
+            logging.INFO,
+            __file__,
+            1,
+            '%s - "%s %s HTTP/%s" %d',
+            ("127.0.0.1:5000", "POST", f"/exotel/events?x=1&key={KEY}&y=2", "1.1", 200),
+            None,
+        )
+        assert access_log.filter(record)
+    assert hide_key not in access_log.filters
+    message = record.getMessage()
+    assert KEY not in message
+    assert "/exotel/events?x=1&key=***&y=2 HTTP/1.1" in message
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_the_body(
+    fake: FakeCcm,
+) -> None:
+    async with served_receiver(fake) as url:
+        address = httpx.URL(url)
+        assert address.port is not None
+        async with await anyio.connect_tcp("127.0.0.1", address.port) as stream:
+            target = address.raw_path.decode()
+            await stream.send(
+                f"POST {target} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                f"content-type: application/json\r\ncontent-length: {MAX_EVENT_BODY + 1}\r\n"
+                "\r\n".encode()
+            )
+            with anyio.fail_after(10):  # a guard: the answer comes with no body sent
+                answer = await stream.receive()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_a_watch_that_is_not_running_accepts_nothing(fake: FakeCcm) -> None:
+    async with fake.client() as ccm:
+        watch = CallWatch(ccm)
+        event = parse_call_event(f"CallSid={SAMPLE_SID}")
+        assert not watch.accept(event)
+        async with watch:
+            assert watch.accept(event)
+        assert not watch.accept(event)

@@ -13,7 +13,15 @@ import anyio
 import httpx
 import pytest
 
-from ccm_async import CallDetails, RateLimit, RateLimitError, ServerError
+from ccm_async import (
+    CallDetails,
+    CallEvent,
+    RateLimit,
+    RateLimitError,
+    ServerError,
+    StatusCallback,
+    parse_call_event,
+)
 from ccm_async._config import Credentials
 from ccm_async.testing import FakeCcm, Fault
 
@@ -252,3 +260,51 @@ async def test_a_call_event_posts_the_call_as_served_in_india_time_for_v1(
     assert json.loads(request.content)["StartTime"] == start.strftime("%Y-%m-%d %H:%M:%S")
     with pytest.raises(ValueError, match="no call"):
         await fake.post_call_event("http://127.0.0.1/e", "not-served")
+
+
+@pytest.mark.parametrize(
+    ("served", "read_back"),
+    [
+        # v1's times are whole seconds, in India.
+        ("2024-05-01T10:00:00.750000+00:00", dt.datetime(2024, 5, 1, 15, 30, tzinfo=IST)),
+        # v3's "not yet" is v1's zeros, read as None both ways.
+        ("1970-01-01T00:00:00+00:00", None),
+        ("0999-05-01T10:00:00+00:00", dt.datetime(999, 5, 1, 15, 30, tzinfo=IST)),
+        # Past year 9999 in India: posted as served, read as served.
+        (
+            "9999-12-31T23:00:00-05:00",
+            dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+        ),
+    ],
+)
+@pytest.mark.parametrize("form", [True, False], ids=["form", "json"])
+async def test_a_status_callback_s_times_read_back_as_v1_has_them(
+    served: str, read_back: dt.datetime | None, form: bool
+) -> None:
+    fake = FakeCcm()
+    fake.add_call({"call_sid": "odd", "call_state": "terminal", "end_time": served})
+    request = await posted_by(
+        lambda http: fake.post_status_callback(
+            "http://127.0.0.1/e", "odd", form=form, http_client=http
+        )
+    )
+    parsed = parse_call_event(request.content, request.headers["content-type"])
+    assert isinstance(parsed, StatusCallback)
+    assert parsed.end_time == read_back
+
+
+async def test_a_lone_surrogate_is_posted_escaped_and_read_back() -> None:
+    half_an_emoji = "😀".encode("utf-16-be")[:2].decode("utf-16-be", "surrogatepass")
+    fake = FakeCcm()
+    fake.add_call({"call_sid": "odd", "call_state": "terminal", "custom_field": half_an_emoji})
+    for post in (
+        lambda http: fake.post_call_event("http://127.0.0.1/e", "odd", http_client=http),
+        lambda http: fake.post_status_callback(
+            "http://127.0.0.1/e", "odd", form=False, http_client=http
+        ),
+    ):
+        request = await posted_by(post)
+        assert request.content.isascii()
+        parsed = parse_call_event(request.content, request.headers["content-type"])
+        fields = parsed.call if isinstance(parsed, CallEvent) else parsed
+        assert fields.custom_field == half_an_emoji

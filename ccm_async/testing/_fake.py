@@ -46,10 +46,11 @@ _MESSAGES: Final = {
     500: "Internal Server Error",
 }
 _IST: Final = dt.timezone(dt.timedelta(hours=5, minutes=30))
+_UNIX_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH: Final = dt.datetime(2024, 1, 1, tzinfo=_IST)
 # v3 sends none of these, and its placeholder for an end not yet known is the epoch.
 _NOT_IN_V3: Final = ("updated_time", "start_time", "assigned_agent_details", "customer_details")
-_V3_NOT_YET: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC).astimezone(_IST).isoformat(" ")
+_V3_NOT_YET: Final = _UNIX_EPOCH.astimezone(_IST).isoformat(" ")
 _ISO_T: Final = re.compile(r"(?<=^[0-9]{4}-[0-9]{2}-[0-9]{2})T")
 
 
@@ -525,7 +526,7 @@ class FakeCcm:
         ``http_client`` sends it (an in-process app's, say); by default a new one.
         """
         body = {"event_details": {"event_type": event_type}, "call_details": self._served(call_sid)}
-        return await _post(url, http_client, json=body)
+        return await _post_json(url, http_client, body)
 
     async def post_status_callback(
         self,
@@ -538,12 +539,14 @@ class FakeCcm:
     ) -> httpx.Response:
         """POST to ``url`` Exotel's v1 status callback for ``call_sid`` as this fake
         serves it now: form-encoded (or JSON with ``form=False``), times as
-        ``YYYY-MM-DD HH:mm:ss`` in India time. With ``event_type`` None, only the
-        four fields of the plain callback; otherwise the event's fields and ``Legs``."""
+        ``YYYY-MM-DD HH:mm:ss`` in India time (whole seconds, as v1 has them; v3's
+        placeholder for "not yet", the Unix epoch, as v1's ``0000-00-00 00:00:00``).
+        With ``event_type`` None, only the four fields of the plain callback;
+        otherwise the event's fields and ``Legs``."""
         fields = _status_callback(self._served(call_sid), event_type)
         if form:
             return await _post(url, http_client, data=_form_fields(fields))
-        return await _post(url, http_client, json=fields)
+        return await _post_json(url, http_client, fields)
 
     def _served(self, call_sid: str) -> dict[str, Any]:
         data = self._call_data(call_sid)
@@ -628,6 +631,15 @@ async def _post(url: str, http_client: httpx.AsyncClient | None, **body: Any) ->
         return await client.post(url, **body)
 
 
+async def _post_json(
+    url: str, http_client: httpx.AsyncClient | None, document: object
+) -> httpx.Response:
+    # In ASCII, as Exotel's JSON is: a lone surrogate a call may hold has no UTF-8.
+    content = json.dumps(document).encode()
+    headers = {"content-type": "application/json"}
+    return await _post(url, http_client, content=content, headers=headers)
+
+
 def _status_callback(data: Mapping[str, Any], event_type: str | None) -> dict[str, Any]:
     """v1's status callback fields for a call served as v2's ``data``."""
     recordings = cast("list[object]", data.get("recordings") or [None])
@@ -671,9 +683,12 @@ def _v1_time(value: object) -> object:
     # timestamp (a malformed call added on purpose) is posted as it is.
     try:
         moment = dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        local = moment.astimezone(_IST)
+    except (TypeError, ValueError, OverflowError):  # past year 9999 in India too
         return value
-    return moment.astimezone(_IST).strftime("%Y-%m-%d %H:%M:%S")
+    if moment == _UNIX_EPOCH:
+        return "0000-00-00 00:00:00"
+    return f"{local.year:04d}-{local:%m-%d %H:%M:%S}"  # strftime's %Y drops zeros
 
 
 def _form_fields(fields: Mapping[str, Any]) -> dict[str, str]:
