@@ -90,6 +90,7 @@ INTERNAL = {
     "ccm_async._convert": {
         "API_VERSIONS",
         "ApiVersion",
+        "MAX_RECORDINGS",
         "V3_KEYS",
         "call_from_dict",
         "call_to_dict",
