@@ -1,158 +1,231 @@
 """A rate limit shared through Redis by every client of one account and API host.
 
-``RateLimit(storage="redis://...")`` makes each client draw its permits from one
-sliding window kept in Redis by pyrate-limiter's Redis bucket, which checks and
-records a request in one script, and says how long to wait when the window is
-full. Chosen over ``limits`` because its windows are in milliseconds: the
-window is widened by :data:`_MARGIN` of ``per`` (at most a second), since Redis
-counts a request when its permit is given and the server when it arrives, and
-``limits`` counts only in whole seconds.
+``RateLimit(storage="redis://...")`` makes each client take its permits from one
+window kept in Redis, counted as the in-process :class:`SlidingWindow` counts:
+a request is in the window from its permit until ``per`` seconds after its
+exchange ends, since the server counts it when it arrives, which is some time
+in between. (``limits`` and pyrate-limiter count a request when its permit is
+given: four processes on two busy cores then let 24 arrivals into a window of
+20, the process that took a permit being held up before it sent.) A sorted
+set holds one entry per permit, scored by when it ends (in flight: the latest
+it may end, :data:`_HOLD` on, so that a process that dies mid-request frees
+its places); a script counts and adds in one step, on Redis's own clock, so
+that hosts need not agree on the time.
 
-A 429's ``Retry-After`` is kept in Redis too: each permit looks at it first,
-so one process's pause holds back the others.
+A 429's ``Retry-After`` is kept in Redis too, and each permit looks at it
+first: one process's pause holds back the others. Each permit also marks its
+client as live; the clients live in the last :data:`_LIVE` seconds share the
+limit when Redis fails.
 
-Redis is reached from a worker thread (redis-py's blocking client), the same on
+Redis is reached from worker threads (redis-py's blocking client), the same on
 asyncio and Trio, with :attr:`RateLimit.storage_timeout` on every socket
-operation. When it fails or is slow, the client falls back to its in-process
-window at its share of the rate (the limit divided by the clients seen in
-Redis in the last :data:`_LIVE` seconds), logs one warning, and looks at Redis
-again every :data:`_PROBE` seconds; its return is logged once too. A lookup
-never fails because of Redis.
+operation. An exchange's end is sent by the store's own thread, so that a
+permit ends without waiting for Redis. When Redis fails or is slow, the client
+falls back to its in-process window at its share of the rate (the limit
+divided by the live clients it last heard of), logs one warning, and looks at
+Redis again every :data:`_PROBE` seconds; its return is logged once too. A
+lookup never fails because of Redis.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
+import queue
 import threading
-import time
-import urllib.parse
 import uuid
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.to_thread
 import attrs
 import redis
-from pyrate_limiter import Rate, RateItem
-from pyrate_limiter.buckets.redis_bucket import RedisBucket
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ccm_async._throttle import RateLimit, SlidingWindow
+from ccm_async._throttle import RateLimit, Release, SlidingWindow, redacted_url
 
 __all__ = ["SharedStore", "SharedWindow"]
 
+_T = TypeVar("_T")
+
 logger: Final = logging.getLogger("ccm_async")
 
-_MARGIN: Final = 0.05
-"""The window's widening, as a share of ``per`` (at most a second)."""
-_LIVE: Final = 10.0
-"""Seconds a client counts among the clients sharing a limit after its last permit."""
+_HOLD: Final = 120_000
+"""Milliseconds a permit counts as in flight at most (no exchange lasts that long)."""
+_LIVE: Final = 10_000
+"""Milliseconds a client counts among those sharing the limit after its last permit."""
 _PROBE: Final = 1.0
 """Seconds between looks at Redis while it is failing."""
-_LEAK: Final = 1.0
-"""Seconds between removals of the window's entries that have left it."""
+
+# KEYS: the window, the pause, the live clients. ARGV: the permit, the limit, per
+# and _HOLD (ms), the client, _LIVE (ms). Returns {verdict, ms, clients, now}:
+# verdict 0 granted, 1 paused for ms, 2 full for ms at least.
+_TAKE: Final = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local per, hold, live = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
+redis.call('ZADD', KEYS[3], now, ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - live)
+redis.call('PEXPIRE', KEYS[3], 2 * live)
+local clients = redis.call('ZCARD', KEYS[3])
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0') - now
+if paused > 0 then
+    return {1, paused, clients, now}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], now + hold, ARGV[1])
+    redis.call('PEXPIRE', KEYS[1], hold + per)
+    return {0, 0, clients, now}
+end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+if oldest > now then
+    -- All in flight: room comes no sooner than per after the first of them ends.
+    return {2, math.min(per, 1000), clients, now}
+end
+return {2, oldest + per - now, clients, now}
+"""
+
+# KEYS: the pause. ARGV: its length (ms). A pause is never shortened.
+_PAUSE: Final = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local ends = now + tonumber(ARGV[1])
+if ends > tonumber(redis.call('GET', KEYS[1]) or '0') then
+    redis.call('SET', KEYS[1], ends, 'PX', tonumber(ARGV[1]))
+end
+return 0
+"""
 
 
 @attrs.frozen
 class Verdict:
-    """What Redis said to a permit: ``wait`` seconds (0.0: granted), or a pause of
-    ``paused`` seconds; ``clients``, the clients sharing the limit now."""
+    """What Redis said to a permit: granted as ``permit`` (None: not granted), else
+    to wait ``wait`` seconds, or paused for ``paused``; and the clients live now."""
 
+    permit: Permit | None
     wait: float
     paused: float
     clients: int
 
 
-class SharedStore:
-    """One client's link to Redis: its window, its pause and its presence.
+@attrs.frozen
+class Permit:
+    """A permit in Redis's window: its entry, and Redis's time when it was given
+    (in ms) as of ``asked``, the loop's time just before it was asked for."""
 
-    Its methods block (a worker thread runs them); a lock keeps the bucket's
-    state to one caller at a time, should the client run on two event loops.
+    entry: str
+    redis_time: int
+    asked: float
+
+
+class SharedStore:
+    """One client's link to Redis: the window, the pause and the live clients.
+
+    :meth:`take` and :meth:`pause` block (a worker thread runs them); ends are
+    sent by a thread of the store's own, started with the first.
     """
 
     def __init__(self, limit: RateLimit, *, key: str) -> None:
         url = limit.storage
         assert url is not None
-        timeout = limit.storage_timeout
+        timeout = self.timeout = limit.storage_timeout
         self.shown_url = redacted_url(url)
-        self._redis = redis.Redis.from_url(
+        self._redis: redis.Redis = redis.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        per_ms = round(limit.per * 1000)
-        self._rate = Rate(limit.requests, per_ms + round(min(1000, per_ms * _MARGIN)))
-        self._window_key = f"{key}:window"
-        self._pause_key = f"{key}:pause"
-        self._clients_key = f"{key}:clients"
-        self._member = uuid.uuid4().hex
-        self._bucket: RedisBucket | None = None
-        self._leak_at = 0.0
+        self._take = self._redis.register_script(_TAKE)
+        self._pause = self._redis.register_script(_PAUSE)
+        self._limit = limit
+        self._keys = [f"{key}:window", f"{key}:pause", f"{key}:clients"]
+        self._client = uuid.uuid4().hex
+        self._entries = (f"{self._client}:{number}" for number in itertools.count())
+        self._ends: queue.SimpleQueue[tuple[str, int | None] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def take(self) -> Verdict:
+    def take(self, asked: float) -> Verdict:
         """A permit from the shared window, unless the account is paused."""
-        with self._lock:
-            now = _now_ms()
-            paused, clients = self._look(now)
-            if paused > 0:
-                return Verdict(wait=0.0, paused=paused, clients=clients)
-            bucket = self._bucket or self._load()
-            decision = bucket.put_decision(RateItem("request", now))  # type: ignore[no-untyped-call]
-            if now >= self._leak_at:
-                self._leak_at = now + _LEAK * 1000
-                bucket.leak(now)
-            if decision.allowed:
-                return Verdict(wait=0.0, paused=0.0, clients=clients)
-            wait_ms = decision.retry_after_ms
-            return Verdict(wait=max(1, wait_ms or 1) / 1000, paused=0.0, clients=clients)
+        entry = next(self._entries)
+        per = round(self._limit.per * 1000)
+        reply: list[Any] = self._take(
+            keys=self._keys,
+            args=[entry, self._limit.requests, per, _HOLD, self._client, _LIVE],
+        )
+        verdict, milliseconds, clients, now = (int(value) for value in reply)
+        if verdict == 0:
+            return Verdict(Permit(entry, now, asked), wait=0.0, paused=0.0, clients=clients)
+        seconds = max(1, milliseconds) / 1000
+        if verdict == 1:
+            return Verdict(None, wait=0.0, paused=seconds, clients=clients)
+        return Verdict(None, wait=seconds, paused=0.0, clients=clients)
 
     def pause(self, seconds: float) -> None:
-        """Pause every client of the account for ``seconds`` (never shortening a pause)."""
-        until = _now_ms() + round(seconds * 1000)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._pause_key, {"until": until}, gt=True)
-        pipe.pexpireat(self._pause_key, until, gt=True)
-        pipe.execute()
+        """Pause every client of the account for ``seconds``."""
+        self._pause(keys=self._keys[1:2], args=[max(1, round(seconds * 1000))])
 
-    def close(self) -> None:
-        """Leave the clients sharing the limit, and close the connections."""
+    def end(self, permit: Permit, *, sent: bool) -> None:
+        """The permit's exchange ended now (by the loop's clock), or never began."""
+        # On Redis's clock: its time at the permit, plus the loop's time since it was
+        # asked for, a little later than the end (never earlier).
+        ends = permit.redis_time + round((anyio.current_time() - permit.asked) * 1000) + 1
+        with self._lock:
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_ends, daemon=True)
+                self._sender.start()
+        self._ends.put((permit.entry, ends if sent else None))
+
+    async def aclose(self) -> None:
+        """Send the ends still to send, leave the live clients and close the
+        connections, in a few socket timeouts at most, whatever Redis does."""
+        with anyio.move_on_after(4 * self.timeout):
+            # On failure the client ages out of the live ones, its permits out of the window.
+            with contextlib.suppress(redis.RedisError, OSError):
+                await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)
+
+    def _close(self) -> None:
+        if self._sender is not None:
+            self._ends.put(None)
+            self._sender.join()
         try:
-            self._redis.zrem(self._clients_key, self._member)
+            self._redis.zrem(self._keys[2], self._client)
         finally:
             self._redis.close()
 
-    def _look(self, now: int) -> tuple[float, int]:
-        # Present this client, count the live ones, and read the pause: one round trip.
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._clients_key, {self._member: now})
-        pipe.zremrangebyscore(self._clients_key, 0, now - _LIVE * 1000)
-        pipe.zcard(self._clients_key)
-        pipe.pexpire(self._clients_key, round(_LIVE * 2000))
-        pipe.pexpire(self._window_key, self._rate.interval * 2)
-        pipe.zscore(self._pause_key, "until")
-        _, _, clients, _, _, until = pipe.execute()
-        paused = (float(until) - now) / 1000 if until is not None else 0.0
-        return paused, max(1, int(clients))
+    def _send_ends(self) -> None:
+        # All that is queued, in one round trip; the None _close queues ends it.
+        while True:
+            queued = [self._ends.get()]
+            while not self._ends.empty():
+                queued.append(self._ends.get())
+            if ends := [end for end in queued if end is not None]:
+                # One unsent counts until its hold runs out: never too few.
+                with contextlib.suppress(redis.RedisError, OSError):
+                    self._send(ends)
+            if len(ends) < len(queued):
+                return
 
-    def _load(self) -> RedisBucket:
-        bucket = RedisBucket.init([self._rate], self._redis, self._window_key)
-        assert isinstance(bucket, RedisBucket)
-        self._bucket = bucket
-        return bucket
+    def _send(self, ends: list[tuple[str, int | None]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)  # pyright: ignore[reportUnknownMemberType]
+        for entry, ended in ends:
+            if ended is None:
+                pipe.zrem(self._keys[0], entry)
+            else:  # only if it is still there: one held past _HOLD has left
+                pipe.zadd(self._keys[0], {entry: ended}, xx=True)
+        pipe.execute()
 
 
 class SharedWindow:
     """The limiter of a client whose limit is shared: Redis's window while Redis
-    answers, its own at its share of the rate while it does not.
-
-    Every permit counts in :attr:`_in_flight`; a fallback window starts with
-    the permits then in flight, and every permit is given back to it while it
-    lasts, so that its count stays right whichever window gave the permit.
-    """
+    answers, its own at its share of the rate while it does not. Each permit is
+    given back where it came from."""
 
     def __init__(
         self, limit: RateLimit, store: SharedStore, *, on_pause: Callable[[float], None]
@@ -160,39 +233,31 @@ class SharedWindow:
         self._limit = limit
         self._store = store
         self._on_pause = on_pause
-        self._timeout = 4 * limit.storage_timeout  # a few socket operations
-        self._clients = 1  # until Redis has said: a failing Redis at start, the whole rate
-        self._in_flight = 0
+        self._timeout = 4 * store.timeout  # a script, a reconnection or two
+        self._clients = 1  # until Redis has said: failing at the start, the whole rate
         self._fallback: SlidingWindow | None = None
         self._probe_at = 0.0
         self._lock = anyio.Lock()
 
-    async def acquire(self) -> bool:
-        """Wait for a permit; True when that meant waiting."""
+    async def take(self) -> tuple[bool, Release]:
+        """Wait for a permit: True when that meant waiting, and how to give it back."""
         waited = self._lock.locked()
         async with self._lock:
             while True:
-                if self._fallback is not None and anyio.current_time() < self._probe_at:
-                    waited = await self._fallback.acquire() or waited
-                    break
+                fallback = self._fallback
+                if fallback is not None and anyio.current_time() < self._probe_at:
+                    waited = await fallback.acquire() or waited
+                    return waited, fallback.release
                 verdict = await self._ask()
                 if verdict is None:
                     continue  # Redis failed: the fallback gives the permit
-                if verdict.paused > 0:
+                if verdict.paused:
                     self._on_pause(verdict.paused)  # the lookup sees it and waits it out
-                    break
-                if not verdict.wait:
-                    break
+                    return waited, _nothing_to_end
+                if (permit := verdict.permit) is not None:
+                    return waited, functools.partial(self._store.end, permit)
                 waited = True
                 await anyio.sleep(verdict.wait)
-            self._in_flight += 1
-            return waited
-
-    def release(self, *, sent: bool) -> None:
-        """The permit's exchange ended (or never began)."""
-        self._in_flight -= 1
-        if self._fallback is not None:
-            self._fallback.release(sent=sent)
 
     def record(self, *, limited: bool) -> None:
         """A configured limit does not adapt."""
@@ -203,7 +268,8 @@ class SharedWindow:
             await self._call(lambda: self._store.pause(seconds))
 
     async def _ask(self) -> Verdict | None:
-        verdict = await self._call(self._store.take)
+        asked = anyio.current_time()
+        verdict = await self._call(lambda: self._store.take(asked))
         if verdict is not None:
             self._clients = verdict.clients
             if self._fallback is not None:
@@ -211,16 +277,14 @@ class SharedWindow:
                 logger.info("rate limit: Redis at %s answers again", self._store.shown_url)
         return verdict
 
-    async def _call[T](self, call: Callable[[], T]) -> T | None:
+    async def _call(self, call: Callable[[], _T]) -> _T | None:
         # Redis's failure or slowness is never the lookup's: it becomes the fallback.
-        problem: str
-        with anyio.move_on_after(self._timeout) as scope:
+        problem = f"no answer in {self._timeout:g}s"
+        with anyio.move_on_after(self._timeout):
             try:
                 return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
             except (redis.RedisError, OSError) as exc:
                 problem = type(exc).__name__
-        if scope.cancelled_caught:
-            problem = f"no answer in {self._timeout:g}s"
         self._fall_back(problem)
         return None
 
@@ -229,7 +293,7 @@ class SharedWindow:
         if self._fallback is not None:
             return
         share = _share(self._limit, self._clients)
-        self._fallback = SlidingWindow(share, in_flight=self._in_flight)
+        self._fallback = SlidingWindow(share)
         logger.warning(
             "rate limit: Redis at %s failed (%s); this client keeps to %d requests per "
             "%gs (its share of %d clients) until it answers",
@@ -241,25 +305,13 @@ class SharedWindow:
         )
 
 
+def _nothing_to_end(*, sent: bool) -> None:
+    """A permit the account's pause stopped: it was never Redis's."""
+
+
 def _share(limit: RateLimit, clients: int) -> RateLimit:
     """One client's share of ``limit`` among ``clients``: together, never more."""
     requests = limit.requests // clients
     if requests:
         return RateLimit(requests=requests, per=limit.per)
     return RateLimit(requests=1, per=min(86_400.0, limit.per * clients / limit.requests))
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password (for messages and reprs)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _now_ms() -> int:
-    # Wall time, the same on every host (with synchronised clocks): Redis's entries
-    # are compared across processes.
-    return time.time_ns() // 1_000_000
