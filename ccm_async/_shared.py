@@ -187,7 +187,7 @@ class SharedStore:
         connections, in a few socket timeouts at most, whatever Redis does."""
         with anyio.move_on_after(4 * self.timeout):
             # On failure the client ages out of the live ones, its permits out of the window.
-            with contextlib.suppress(redis.RedisError, OSError):
+            with contextlib.suppress(Exception):  # as in SharedWindow._call
                 await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)
 
     def _close(self) -> None:
@@ -207,7 +207,7 @@ class SharedStore:
                 queued.append(self._ends.get())
             if ends := [end for end in queued if end is not None]:
                 # One unsent counts until its hold runs out: never too few.
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(Exception):  # as in SharedWindow._call
                     self._send(ends)
             if len(ends) < len(queued):
                 return
@@ -283,7 +283,9 @@ class SharedWindow:
         with anyio.move_on_after(self._timeout):
             try:
                 return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-            except (redis.RedisError, OSError) as exc:
+            # Any: redis-py fails in ways of its own on a malformed reply (an
+            # AttributeError on '*-5', seen), and each is Redis's failure.
+            except Exception as exc:
                 problem = type(exc).__name__
         self._fall_back(problem)
         return None

@@ -90,6 +90,7 @@ INTERNAL = {
     "ccm_async._convert": {
         "API_VERSIONS",
         "ApiVersion",
+        "MAX_RECORDINGS",
         "V3_KEYS",
         "call_from_dict",
         "call_to_dict",
@@ -151,7 +152,16 @@ INTERNAL = {
         "WaitReason",
         "telemetry_for",
     },
-    "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
+    "ccm_async._shared": {"SharedStore", "SharedWindow"},
+    "ccm_async._throttle": {
+        "AdaptiveRate",
+        "Permit",
+        "Release",
+        "SlidingWindow",
+        "Slots",
+        "Throttle",
+        "redacted_url",
+    },
     "ccm_async.testing._fake": {"serve_asgi"},
     "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }

@@ -9,15 +9,19 @@ password) falling back to the client's share, and the settings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
+import redis
 
 from ccm_async import CallDetails, CallState, ConfigurationError, RateLimit
 from ccm_async._shared import _share
@@ -88,9 +92,7 @@ def most_in_a_window(times: list[float], per: float) -> int:
 LIMIT = RateLimit(requests=20, per=1.0)
 
 
-async def test_four_processes_keep_to_one_window(
-    redis_url: str, anyio_backend: str
-) -> None:
+async def test_four_processes_keep_to_one_window(redis_url: str, anyio_backend: str) -> None:
     fake = served_fake(2000, LIMIT)
     async with fake.serve() as base_url:
         outcomes = await run_workers(
@@ -132,3 +134,198 @@ async def test_redis_stopped_halfway_costs_no_lookup(
         assert "failed (ConnectionError)" in logs[0]
         assert "keeps to 5 requests per 1s (its share of 4 clients)" in logs[0]
         assert "answers again" in logs[1]
+
+
+# -- in-process ------------------------------------------------------------------------
+
+
+def shared(storage: str, **options: Any) -> RateLimit:
+    return RateLimit(requests=20, per=1.0, storage=storage, **options)
+
+
+async def test_one_client_s_429_pauses_the_others(redis_url: str) -> None:
+    fake = FakeCcm()
+    for sid in worker_sids(0, 3):
+        fake.add_call(CallDetails(call_sid=sid, call_state=CallState.TERMINAL))
+    first, second, third = worker_sids(0, 3)
+    fake.fail(first, Fault.rate_limited(retry_after=1), times=1)
+    async with (
+        fake.client(rate_limit=shared(redis_url)) as paused,
+        fake.client(rate_limit=shared(redis_url)) as other,
+    ):
+        async with anyio.create_task_group() as group:
+            group.start_soon(paused.get_call, first)  # its 429, then its retry
+            await anyio.sleep(0.5)
+            group.start_soon(other.get_call, second)
+        await other.get_call(third)
+    limited, *after = fake.requests
+    assert (limited.call_sid, limited.status) == (first, 429)
+    assert sorted(str(request.call_sid) for request in after) == [first, second, third]
+    # The other client learnt of the pause from Redis alone, and waited it out.
+    assert min(request.time for request in after) >= limited.time + 1
+
+
+async def test_an_unreachable_redis_leaves_the_client_its_own_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed = f"redis://127.0.0.1:{unused_port()}/0"
+    fake = FakeCcm()
+    sids = worker_sids(0, 30)
+    for sid in sids:
+        fake.add_call(CallDetails(call_sid=sid, call_state=CallState.TERMINAL))
+    async with fake.client(rate_limit=shared(closed)) as ccm:
+        results = await ccm.get_calls(sids)
+    assert all(result.ok for result in results)
+    (warning,) = [r for r in caplog.records if "Redis" in r.getMessage()]
+    assert warning.levelname == "WARNING"
+    assert "failed (ConnectionError)" in warning.getMessage()
+    assert "keeps to 20 requests per 1s (its share of 1 clients)" in warning.getMessage()
+    assert most_in_a_window([request.time for request in fake.requests], 1.0) <= 20
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def misbehaving_redis(answer: bytes | None) -> AsyncIterator[str]:
+    """A TCP server that answers every command with ``answer`` (None: never)."""
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                while await stream.receive():
+                    if answer is not None:
+                        await stream.send(answer)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio's, not Django's
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, serve)
+        yield f"redis://127.0.0.1:{port}/0"
+        group.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,  # silent
+        b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        b"-ERR unknown command\r\n",
+        b"$99999999999\r\n",  # a bulk string that never comes
+        b"*-5\r\n:x\r\n",
+    ],
+    ids=["silent", "http", "error", "truncated", "nonsense"],
+)
+async def test_a_redis_that_misbehaves_costs_no_lookup(
+    answer: bytes | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeCcm()
+    sids = worker_sids(0, 5)
+    for sid in sids:
+        fake.add_call(CallDetails(call_sid=sid, call_state=CallState.TERMINAL))
+    async with (
+        misbehaving_redis(answer) as url,
+        fake.client(rate_limit=shared(url, storage_timeout=0.05)) as ccm,
+    ):
+        results = await ccm.get_calls(sids)
+    assert all(result.ok for result in results)
+    warnings = [r.getMessage() for r in caplog.records if "Redis" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"Redis at {url} failed (" in warnings[0]
+
+
+async def test_a_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeCcm()
+    fake.add_call(CallDetails(call_sid="c1", call_state=CallState.TERMINAL))
+    async with misbehaving_redis(b"-WRONGPASS invalid password\r\n") as url:
+        with_password = url.replace("redis://", "redis://user:hunter2-secret@")
+        limit = shared(with_password, storage_timeout=0.05)
+        assert "hunter2" not in repr(limit)
+        assert url.replace("redis://", "redis://user:***@") in repr(limit)
+        async with fake.client(rate_limit=limit) as ccm:
+            assert (await ccm.get_call("c1")).call_sid == "c1"
+            assert "hunter2" not in repr(ccm)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("user:***@" in message for message in messages)
+    assert not any("hunter2" in message for message in messages)
+
+
+async def test_a_closed_client_leaves_no_permit_in_flight(redis_url: str) -> None:
+    fake = FakeCcm()
+    sids = worker_sids(0, 10)
+    for sid in sids:
+        fake.add_call(CallDetails(call_sid=sid, call_state=CallState.TERMINAL))
+    async with fake.client(rate_limit=shared(redis_url)) as ccm:
+        await ccm.get_calls(sids)
+    with redis.Redis.from_url(redis_url) as client:  # pyright: ignore[reportUnknownMemberType]
+        (key,) = client.keys("*:window")
+        seconds, microseconds = client.time()
+        now = seconds * 1000 + microseconds // 1000
+        ends = [score for _, score in client.zrange(key, 0, -1, withscores=True)]
+        assert len(ends) == 10
+        assert all(end <= now for end in ends)  # every one ended, none in flight
+        assert client.keys("*:clients") == []  # it left the live clients
+
+
+# -- the settings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [b"redis://127.0.0.1", 6379, "http://127.0.0.1:6379", "127.0.0.1:6379", "redis://a b",
+     "redis://127.0.0.1\n", "redis://" + "a" * 2000],
+    ids=repr,
+)  # fmt: skip
+def test_a_storage_that_is_no_redis_url_is_refused(storage: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"RateLimit\.storage must be"):
+        RateLimit(requests=1, storage=storage)  # type: ignore[arg-type]
+
+
+def test_a_password_in_a_refused_storage_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RateLimit(requests=1, storage="http://user:hunter2@127.0.0.1")
+    assert "hunter2" not in str(info.value)
+    assert "http://user:***@127.0.0.1" in str(info.value)
+
+
+def test_a_storage_without_the_extra_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "redis" else real(name, *a)
+    )
+    with pytest.raises(ConfigurationError, match=r"pip install 'ccm-async\[redis\]'"):
+        RateLimit(requests=1, storage="redis://127.0.0.1")
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0001, 11, True, float("nan"), "1"], ids=repr)
+def test_a_storage_timeout_out_of_bounds_is_refused(timeout: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"storage_timeout must be from 0\.001 to 10"):
+        RateLimit(requests=1, storage_timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://user:pw@host:1/2", "redis://user:***@host:1/2"),
+        ("rediss://:pw@host", "rediss://:***@host"),
+        ("redis://[::1", "redis://(unreadable)"),
+    ],
+)
+def test_redacted_url(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("clients", "share"),
+    [(1, (20, 1.0)), (4, (5, 1.0)), (3, (6, 1.0)), (20, (1, 1.0)), (40, (1, 2.0))],
+)
+def test_a_client_s_share_of_the_limit(clients: int, share: tuple[int, float]) -> None:
+    limit = _share(LIMIT, clients)
+    assert (limit.requests, limit.per) == share
+    assert limit.requests / limit.per * clients <= LIMIT.requests / LIMIT.per
