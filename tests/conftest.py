@@ -143,6 +143,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The tests' Redis, empty, running (a test may stop it)."""
+    redis_server.flush()
+    yield redis_server.url
+    redis_server.start_if_stopped()
+
+
+@pytest.fixture
 def sample_response() -> dict[str, Any]:
     """The seed document's sample response, verbatim."""
     path = Path(__file__).parent / "fixtures" / "sample_response.json"

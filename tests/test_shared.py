@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ccm_async._shared import _share
 from ccm_async._throttle import redacted_url
 from ccm_async.testing import FakeCcm, Fault
 
-from .redis_support import RedisServer
+from .redis_support import RedisServer, redis_server_fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -37,14 +38,6 @@ ROOT = Path(__file__).parent.parent
 
 def worker_sids(first: int, count: int) -> list[str]:
     return [f"c{index:031d}" for index in range(first, first + count)]
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """The tests' Redis, empty, running (a test may stop it)."""
-    redis_server.flush()
-    yield redis_server.url
-    redis_server.start_if_stopped()
 
 
 def served_fake(count: int, limit: RateLimit, **options: Any) -> FakeCcm:
@@ -329,3 +322,17 @@ def test_a_client_s_share_of_the_limit(clients: int, share: tuple[int, float]) -
     limit = _share(LIMIT, clients)
     assert (limit.requests, limit.per) == share
     assert limit.requests / limit.per * clients <= LIMIT.requests / LIMIT.per
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_without_redis_server_the_tests_skip_except_in_ci(
+    ci: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(expected, match="redis-server is not installed"):
+        next(redis_server_fixture(tmp_path_factory))
