@@ -30,7 +30,6 @@ lookup never fails because of Redis.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import queue
@@ -58,6 +57,10 @@ _HOLD: Final = 120_000
 """Milliseconds a permit counts as in flight at most (no exchange lasts that long)."""
 _LIVE: Final = 10_000
 """Milliseconds a client counts among those sharing the limit after its last permit."""
+_LONGEST_PAUSE: Final = 86_400_000
+"""Milliseconds of a pause read from Redis at most (a day, as a Retry-After)."""
+_MOST_UNSENT: Final = 100_000
+"""Ends kept to send again while Redis fails (a place each, for _HOLD at most)."""
 _PROBE: Final = 1.0
 """Seconds between looks at Redis while it is failing."""
 
@@ -146,20 +149,20 @@ class SharedStore:
         self._limit = limit
         self._keys = [f"{key}:window", f"{key}:pause", f"{key}:clients"]
         self._client = uuid.uuid4().hex
-        self._entries = (f"{self._client}:{number}" for number in itertools.count())
+        self._numbers = itertools.count()  # its next() is atomic: loops may share a store
         self._ends: queue.SimpleQueue[tuple[str, int | None] | None] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def take(self, asked: float) -> Verdict:
         """A permit from the shared window, unless the account is paused."""
-        entry = next(self._entries)
+        entry = f"{self._client}:{next(self._numbers)}"
         per = round(self._limit.per * 1000)
         reply: list[Any] = self._take(
             keys=self._keys,
             args=[entry, self._limit.requests, per, _HOLD, self._client, _LIVE],
         )
-        verdict, milliseconds, clients, now = (int(value) for value in reply)
+        verdict, milliseconds, clients, now = _checked(reply, per)
         if verdict == 0:
             return Verdict(Permit(entry, now, asked), wait=0.0, paused=0.0, clients=clients)
         seconds = max(1, milliseconds) / 1000
@@ -173,14 +176,12 @@ class SharedStore:
 
     def end(self, permit: Permit, *, sent: bool) -> None:
         """The permit's exchange ended now (by the loop's clock), or never began."""
-        # On Redis's clock: its time at the permit, plus the loop's time since it was
-        # asked for, a little later than the end (never earlier).
-        ends = permit.redis_time + round((anyio.current_time() - permit.asked) * 1000) + 1
+        ends = _redis_now(permit) if sent else None
         with self._lock:
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_ends, daemon=True)
                 self._sender.start()
-        self._ends.put((permit.entry, ends if sent else None))
+        self._ends.put((permit.entry, ends))
 
     async def aclose(self) -> None:
         """Send the ends still to send, leave the live clients and close the
@@ -200,16 +201,24 @@ class SharedStore:
             self._redis.close()
 
     def _send_ends(self) -> None:
-        # All that is queued, in one round trip; the None _close queues ends it.
+        # All that is queued, in one round trip; those Redis did not take are sent
+        # again a second later (a permit left in flight holds a place for _HOLD). The
+        # None that _close queues ends it.
+        unsent: list[tuple[str, int | None]] = []
         while True:
-            queued = [self._ends.get()]
+            try:
+                queued = [self._ends.get(timeout=_PROBE if unsent else None)]
+            except queue.Empty:
+                queued = []
             while not self._ends.empty():
                 queued.append(self._ends.get())
-            if ends := [end for end in queued if end is not None]:
-                # One unsent counts until its hold runs out: never too few.
+            unsent += [end for end in queued if end is not None]
+            if unsent:
                 with contextlib.suppress(Exception):  # as in SharedWindow._call
-                    self._send(ends)
-            if len(ends) < len(queued):
+                    self._send(unsent)
+                    unsent = []
+                del unsent[:-_MOST_UNSENT]
+            if None in queued:
                 return
 
     def _send(self, ends: list[tuple[str, int | None]]) -> None:
@@ -224,8 +233,11 @@ class SharedStore:
 
 class SharedWindow:
     """The limiter of a client whose limit is shared: Redis's window while Redis
-    answers, its own at its share of the rate while it does not. Each permit is
-    given back where it came from."""
+    answers, its own at its share of the rate while it does not.
+
+    Its own window counts every permit of the client, Redis's too, so that a
+    fallback starts from what the client has just sent, not from nothing.
+    """
 
     def __init__(
         self, limit: RateLimit, store: SharedStore, *, on_pause: Callable[[float], None]
@@ -235,7 +247,8 @@ class SharedWindow:
         self._on_pause = on_pause
         self._timeout = 4 * store.timeout  # a script, a reconnection or two
         self._clients = 1  # until Redis has said: failing at the start, the whole rate
-        self._fallback: SlidingWindow | None = None
+        self._own = SlidingWindow(limit)
+        self._falling_back = False
         self._probe_at = 0.0
         self._lock = anyio.Lock()
 
@@ -244,18 +257,17 @@ class SharedWindow:
         waited = self._lock.locked()
         async with self._lock:
             while True:
-                fallback = self._fallback
-                if fallback is not None and anyio.current_time() < self._probe_at:
-                    waited = await fallback.acquire() or waited
-                    return waited, fallback.release
+                if self._falling_back and anyio.current_time() < self._probe_at:
+                    waited = await self._own.acquire() or waited
+                    return waited, self._own.release
                 verdict = await self._ask()
                 if verdict is None:
-                    continue  # Redis failed: the fallback gives the permit
+                    continue  # Redis failed: its own window gives the permit
                 if verdict.paused:
                     self._on_pause(verdict.paused)  # the lookup sees it and waits it out
                     return waited, _nothing_to_end
                 if (permit := verdict.permit) is not None:
-                    return waited, functools.partial(self._store.end, permit)
+                    return waited, self._granted(permit)
                 waited = True
                 await anyio.sleep(verdict.wait)
 
@@ -264,38 +276,59 @@ class SharedWindow:
 
     async def pause(self, seconds: float) -> None:
         """Tell every client of the account to pause for ``seconds``."""
-        if self._fallback is None:
+        if not self._falling_back:
             await self._call(lambda: self._store.pause(seconds))
+
+    def _granted(self, permit: Permit) -> Release:
+        self._own.count()
+
+        def release(*, sent: bool) -> None:
+            self._own.release(sent=sent)
+            self._store.end(permit, sent=sent)
+
+        return release
 
     async def _ask(self) -> Verdict | None:
         asked = anyio.current_time()
         verdict = await self._call(lambda: self._store.take(asked))
         if verdict is not None:
             self._clients = verdict.clients
-            if self._fallback is not None:
-                self._fallback = None
+            if self._falling_back:
+                self._falling_back = False
+                self._own.limit_to(self._limit)
                 logger.info("rate limit: Redis at %s answers again", self._store.shown_url)
         return verdict
 
     async def _call(self, call: Callable[[], _T]) -> _T | None:
         # Redis's failure or slowness is never the lookup's: it becomes the fallback.
+        # A call left behind (timed out, or its lookup cancelled) runs on in its
+        # thread: a permit it gets then is given back, never left in the window.
+        outcome = _Outcome(self._store)
         problem = f"no answer in {self._timeout:g}s"
-        with anyio.move_on_after(self._timeout):
-            try:
-                return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
-            # Any: redis-py fails in ways of its own on a malformed reply (an
-            # AttributeError on '*-5', seen), and each is Redis's failure.
-            except Exception as exc:
-                problem = type(exc).__name__
+        try:
+            with anyio.move_on_after(self._timeout):
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        outcome.run, call, abandon_on_cancel=True
+                    )
+                    outcome.keep()
+                    return result
+                # Any: redis-py fails in ways of its own on a malformed reply (an
+                # AttributeError on '*-5', seen), and each is Redis's failure.
+                except Exception as exc:
+                    problem = type(exc).__name__
+        finally:
+            outcome.leave()
         self._fall_back(problem)
         return None
 
     def _fall_back(self, problem: str) -> None:
         self._probe_at = anyio.current_time() + _PROBE
-        if self._fallback is not None:
+        if self._falling_back:
             return
+        self._falling_back = True
         share = _share(self._limit, self._clients)
-        self._fallback = SlidingWindow(share)
+        self._own.limit_to(share)
         logger.warning(
             "rate limit: Redis at %s failed (%s); this client keeps to %d requests per "
             "%gs (its share of %d clients) until it answers",
@@ -305,6 +338,58 @@ class SharedWindow:
             share.per,
             self._clients,
         )
+
+
+class _Outcome:
+    """A Redis call's result, given back if its caller has left when it comes."""
+
+    def __init__(self, store: SharedStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._left = False
+        self._result: object = None
+
+    def run(self, call: Callable[[], _T]) -> _T:
+        result = call()
+        with self._lock:
+            self._result = result
+            if self._left:
+                self._give_back()
+        return result
+
+    def keep(self) -> None:
+        """The caller has the result: it is the caller's to give back."""
+        with self._lock:
+            self._result = None
+
+    def leave(self) -> None:
+        """The caller goes: returned the result or not, it takes nothing more."""
+        with self._lock:
+            self._left = True
+            self._give_back()
+
+    def _give_back(self) -> None:
+        result, self._result = self._result, None
+        if isinstance(result, Verdict) and result.permit is not None:
+            self._store.end(result.permit, sent=False)
+
+
+def _checked(reply: object, per: int) -> tuple[int, int, int, int]:
+    """The take script's reply, or ValueError: a Redis (or a proxy) that answers
+    something else is failing, and bounds are kept on what it says."""
+    if not isinstance(reply, list) or len(reply) != 4:  # pyright: ignore[reportUnknownArgumentType]
+        raise ValueError("not the take script's reply")
+    verdict, milliseconds, clients, now = (int(value) for value in reply)  # pyright: ignore[reportUnknownArgumentType, reportUnknownVariableType]
+    if verdict not in (0, 1, 2) or milliseconds < 0 or clients < 1:
+        raise ValueError("not the take script's reply")
+    longest = per if verdict == 2 else _LONGEST_PAUSE
+    return verdict, min(milliseconds, longest), clients, now
+
+
+def _redis_now(permit: Permit) -> int:
+    """Now on Redis's clock, in ms: its time at ``permit``, plus the loop's time since
+    the permit was asked for (a little later than now, never earlier)."""
+    return permit.redis_time + round((anyio.current_time() - permit.asked) * 1000) + 1
 
 
 def _nothing_to_end(*, sent: bool) -> None:

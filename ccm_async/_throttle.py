@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import urllib.parse
+import re
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, Protocol
@@ -98,15 +98,13 @@ class Slots:
 
 
 def redacted_url(url: str) -> str:
-    """``url`` without its password, for messages and reprs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:  # an IPv6 host without its bracket, say
-        return url.partition("://")[0] + "://(unreadable)"
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    """``url`` as messages and reprs show it: its scheme, host, port and path, with
+    ``***@`` for whatever came before an ``@``, and ``?...`` for a query (either may
+    hold a password, which may itself hold any of ``#/?@``)."""
+    scheme, _, rest = url.partition("://")
+    _, at, location = rest.rpartition("@")
+    place = re.split(r"[?#]", location, maxsplit=1)
+    return shown(f"{scheme}://{'***@' if at else ''}{place[0]}{'?...' if len(place) > 1 else ''}")
 
 
 def _shown_storage(url: str | None) -> str:
@@ -166,12 +164,21 @@ def _check_storage(url: object) -> None:
     if scheme not in _STORAGE_SCHEMES or len(url) > 2000 or not url.isprintable() or " " in url:
         raise ConfigurationError(
             "RateLimit.storage must be a URL of redis://, rediss:// or unix://, got "
-            f"'{shown(redacted_url(url) if url.isprintable() else url)}'"
+            f"'{redacted_url(url)}'"
         )
     if importlib.util.find_spec("redis") is None:
         raise ConfigurationError(
             "RateLimit.storage needs the redis extra: pip install 'ccm-async[redis]'"
         )
+    import redis.connection  # noqa: PLC0415 - the redis extra's
+
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType]
+    except ValueError:  # its message may quote the password: not chained
+        raise ConfigurationError(
+            f"RateLimit.storage is not a URL redis-py reads: '{redacted_url(url)}' (its host, "
+            "port, database and options)"
+        ) from None
 
 
 class SlidingWindow:
@@ -206,6 +213,16 @@ class SlidingWindow:
                 await self._wait_for_room()
             self._in_flight += 1
             return waited
+
+    def count(self) -> None:
+        """A permit given elsewhere (a shared window's), counted here as one of its own."""
+        self._in_flight += 1
+
+    def limit_to(self, limit: RateLimit) -> None:
+        """Admit by ``limit`` from now on, the requests already counted included."""
+        self._requests, self._per = limit.requests, limit.per
+        if self._change is not None:
+            self._change.set()  # a waiter looks again: a higher limit may have room
 
     def release(self, *, sent: bool) -> None:
         """The permit's exchange ended now; ``sent=False``: it never began (not counted)."""

@@ -128,8 +128,11 @@ def written(out: Path, account: str) -> set[str]:
     be writing one)."""
     sids: set[str] = set()
     for path in out.glob(f"{account}.*.jsonl"):
-        with path.open(encoding="utf-8") as lines:
-            sids.update(json.loads(line)["call_sid"] for line in lines if line.endswith("\n"))
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                # A line cut short (its worker died writing it) is no result.
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    sids.add(json.loads(line)["call_sid"])
     return sids
 
 
@@ -149,9 +152,9 @@ async def enqueue(account: str, sids: Iterable[str]) -> int:
 def main() -> None:
     account, path = sys.argv[1:3]
     done = written(Path(os.environ.get("CCM_OUT", "calls")), account)
-    with Path(path).open(encoding="utf-8") as lines:
-        sids = (sid for line in lines if (sid := line.strip()) and sid not in done)
-        count = asyncio.run(enqueue(account, sids))
+    with Path(path).open(encoding="utf-8-sig") as lines:  # a BOM is no part of a SID
+        sids = dict.fromkeys(sid for line in lines if (sid := line.strip()) and sid not in done)
+    count = asyncio.run(enqueue(account, sids))
     print(f"{count:,} SIDs of {account} enqueued ({len(done):,} had a result)")
 
 

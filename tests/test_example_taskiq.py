@@ -72,7 +72,9 @@ async def fetch_all(
         await anyio.sleep(6)
         for account in LIMITS:
             sids = tmp_path / f"{account}.txt"
-            sids.write_text("\n".join(worker_sids(0, EACH)) + "\n", encoding="utf-8")
+            # With a BOM, blank lines and a SID twice: each SID is enqueued once.
+            listed = [*worker_sids(0, EACH), "", "  ", worker_sids(0, 1)[0]]
+            sids.write_text("\n".join(listed) + "\n", encoding="utf-8-sig")
             said = await enqueue(account, sids, env)
             assert said == f"{EACH:,} SIDs of {account} enqueued (0 had a result)"
         with anyio.fail_after(180):  # a guard: the slowest account takes 25 s

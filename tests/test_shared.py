@@ -14,6 +14,7 @@ import json
 import shutil
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,8 +25,8 @@ import anyio.abc
 import pytest
 import redis
 
-from ccm_async import CallDetails, CallState, ConfigurationError, RateLimit
-from ccm_async._shared import _share
+from ccm_async import AsyncCcmClient, CallDetails, CallState, ConfigurationError, RateLimit
+from ccm_async._shared import Permit, SharedStore, Verdict, _checked, _share
 from ccm_async._throttle import redacted_url
 from ccm_async.testing import FakeCcm, Fault
 
@@ -75,8 +76,8 @@ def most_in_a_window(times: list[float], per: float) -> int:
     """The most of ``times`` in any window of ``per`` seconds."""
     times = sorted(times)
     most, start = 0, 0
-    for end, time in enumerate(times):
-        while times[start] + per <= time:
+    for end, arrival in enumerate(times):
+        while times[start] + per <= arrival:
             start += 1
         most = max(most, end - start + 1)
     return most
@@ -239,12 +240,12 @@ async def test_a_password_is_never_shown(caplog: pytest.LogCaptureFixture) -> No
         with_password = url.replace("redis://", "redis://user:hunter2-secret@")
         limit = shared(with_password, storage_timeout=0.05)
         assert "hunter2" not in repr(limit)
-        assert url.replace("redis://", "redis://user:***@") in repr(limit)
+        assert url.replace("redis://", "redis://***@") in repr(limit)
         async with fake.client(rate_limit=limit) as ccm:
             assert (await ccm.get_call("c1")).call_sid == "c1"
             assert "hunter2" not in repr(ccm)
     messages = [record.getMessage() for record in caplog.records]
-    assert any("user:***@" in message for message in messages)
+    assert any("redis://***@127.0.0.1" in message for message in messages)
     assert not any("hunter2" in message for message in messages)
 
 
@@ -271,19 +272,25 @@ async def test_a_closed_client_leaves_no_permit_in_flight(redis_url: str) -> Non
 @pytest.mark.parametrize(
     "storage",
     [b"redis://127.0.0.1", 6379, "http://127.0.0.1:6379", "127.0.0.1:6379", "redis://a b",
-     "redis://127.0.0.1\n", "redis://" + "a" * 2000],
+     "redis://127.0.0.1\n", "redis://" + "a" * 2000, "redis://h:abc/0", "redis://h:99999999/0",
+     "redis://:pw@[::1/0", "redis://h/0?socket_timeout=abc", "redis://h/0?db=zz"],
     ids=repr,
 )  # fmt: skip
 def test_a_storage_that_is_no_redis_url_is_refused(storage: object) -> None:
-    with pytest.raises(ConfigurationError, match=r"RateLimit\.storage must be"):
+    with pytest.raises(ConfigurationError, match=r"RateLimit\.storage (must be|is not)") as info:
         RateLimit(requests=1, storage=storage)  # type: ignore[arg-type]
+    assert info.value.__cause__ is None  # redis-py's message may quote a password
 
 
-def test_a_password_in_a_refused_storage_is_not_shown() -> None:
+@pytest.mark.parametrize(
+    "storage",
+    ["http://user:hunter2@127.0.0.1", "redis://:hunter2@127.0.0.1\r", "redis://:hunt:er2@h:x/0"],
+)
+def test_a_password_in_a_refused_storage_is_not_shown(storage: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RateLimit(requests=1, storage="http://user:hunter2@127.0.0.1")
-    assert "hunter2" not in str(info.value)
-    assert "http://user:***@127.0.0.1" in str(info.value)
+        RateLimit(requests=1, storage=storage)
+    assert "hunt" not in str(info.value)
+    assert "://***@" in str(info.value)
 
 
 def test_a_storage_without_the_extra_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -305,9 +312,13 @@ def test_a_storage_timeout_out_of_bounds_is_refused(timeout: object) -> None:
     ("url", "shown"),
     [
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-        ("redis://user:pw@host:1/2", "redis://user:***@host:1/2"),
-        ("rediss://:pw@host", "rediss://:***@host"),
-        ("redis://[::1", "redis://(unreadable)"),
+        ("redis://user:pw@host:1/2", "redis://***@host:1/2"),
+        ("rediss://:pw@host", "rediss://***@host"),
+        ("redis://:hunt#er2@host:1/0", "redis://***@host:1/0"),  # a # unescaped
+        ("redis://:a/b?c@host", "redis://***@host"),
+        ("redis://host:1/0?password=pw", "redis://host:1/0?..."),
+        ("unix:///run/redis.sock?password=pw", "unix:///run/redis.sock?..."),
+        ("redis://:pw@host\r\n", "redis://***@host\\r\\n"),
     ],
 )
 def test_redacted_url(url: str, shown: str) -> None:
@@ -336,3 +347,93 @@ def test_without_redis_server_the_tests_skip_except_in_ci(
     expected = pytest.fail.Exception if ci else pytest.skip.Exception
     with pytest.raises(expected, match="redis-server is not installed"):
         next(redis_server_fixture(tmp_path_factory))
+
+
+async def test_a_lookup_cancelled_while_redis_answers_leaves_no_permit(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = SharedStore.take
+
+    def take(store: SharedStore, asked: float) -> Verdict:
+        time.sleep(0.2)  # Redis, slow: the lookup is gone before its permit comes
+        return slow(store, asked)
+
+    monkeypatch.setattr(SharedStore, "take", take)
+    fake = FakeCcm()
+    fake.add_call(CallDetails(call_sid="c1", call_state=CallState.TERMINAL))
+    async with fake.client(rate_limit=shared(redis_url)) as ccm:
+        for _ in range(3):
+            with anyio.move_on_after(0.05):
+                await ccm.get_call("c1")
+        with redis.Redis.from_url(redis_url) as client:  # pyright: ignore[reportUnknownMemberType]
+            with anyio.fail_after(10):  # a guard: each permit taken, then given back
+                while entries(client, "window") or not entries(client, "clients"):  # noqa: ASYNC110
+                    await anyio.sleep(0.05)  # Redis's state: no event tells of it
+            assert fake.request_count == 0
+            await ccm.get_call("c1")
+            assert entries(client, "window") == 1
+
+
+def entries(client: redis.Redis, kind: str) -> int:
+    """The entries of the tests' account's sorted set of ``kind``."""
+    return sum(int(client.zcard(key)) for key in client.keys(f"ccm_async:*:{kind}"))
+
+
+def test_ends_redis_did_not_take_are_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SharedStore(shared("redis://127.0.0.1:1/0"), key="k")
+    sent: list[list[tuple[str, int | None]]] = []
+
+    def send(ends: list[tuple[str, int | None]]) -> None:
+        sent.append(list(ends))
+        if len(sent) == 1:
+            raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(store, "_send", send)
+    store.end(Permit("a", 1000, 0.0), sent=False)  # given back unused: no clock needed
+    sender = store._sender
+    assert sender is not None
+    deadline = time.monotonic() + 10  # a guard
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    store._ends.put(None)
+    sender.join(timeout=10)
+    assert sent == [[("a", None)], [("a", None)]]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [[0, 0, 0, 1], [0, 0, -3, 1], [7, 0, 1, 1], [2, -1, 1, 1], [0, 0, 1], "x", None],
+    ids=repr,
+)
+def test_a_reply_that_is_not_the_script_s_is_a_failure(reply: object) -> None:
+    with pytest.raises(ValueError, match="not the take script's reply"):
+        _checked(reply, 1000)
+
+
+def test_a_wait_or_a_pause_read_from_redis_is_bounded() -> None:
+    assert _checked([2, 10**12, 1, 5], 1000) == (2, 1000, 1, 5)
+    assert _checked([1, 10**12, 1, 5], 1000) == (1, 86_400_000, 1, 5)
+
+
+async def test_a_fallback_counts_what_the_client_has_just_sent(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    fake = served_fake(50, LIMIT)
+    async with fake.serve() as base_url, anyio.create_task_group() as group:
+
+        async def stop_redis() -> None:
+            with anyio.fail_after(30):  # a guard
+                while fake.request_count < 20:  # noqa: ASYNC110 - the server's thread
+                    await anyio.sleep(0.01)
+            redis_server.stop()
+
+        group.start_soon(stop_redis)
+        async with AsyncCcmClient(
+            api_key="k", api_token="t", account_sid="fake-account", base_url=base_url,
+            rate_limit=shared(redis_url),
+        ) as ccm:  # fmt: skip
+            results = await ccm.get_calls(worker_sids(0, 50))
+    assert all(result.ok for result in results)
+    # Its own window began with the 20 Redis had just let through: no second over 20.
+    assert [request.status for request in fake.requests] == [200] * 50
+    assert most_in_a_window([request.time for request in fake.requests], 1.0) <= 20
