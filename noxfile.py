@@ -62,7 +62,7 @@ def lowest(session: nox.Session) -> None:
         "install",
         "--resolution=lowest-direct",
         "-e",
-        ".[testing,cli,aiohttp,otel]",
+        ".[testing,cli,aiohttp,otel,redis]",
         "pytest>=8.3",
         "fastapi>=0.115",
         "hypothesis>=6.100",

@@ -41,7 +41,7 @@ class Attempts:
         self._counters = Counters()
         self._budget = RetryBudget(setup.policy.budget_tokens, setup.policy.budget_refill)
         self._slots = Slots(setup.max_concurrency)
-        self._throttle = Throttle(setup.rate_limit)
+        self._throttle = Throttle(setup.rate_limit, shared=setup.shared)
         self._loop: object = None
 
     def stats(self) -> ClientStats:
@@ -67,7 +67,7 @@ class Attempts:
         if loop is not self._loop:
             if self._loop is not None:
                 self._slots = Slots(self._setup.max_concurrency)
-                self._throttle = Throttle(self._setup.rate_limit)
+                self._throttle = Throttle(self._setup.rate_limit, shared=self._setup.shared)
             self._loop = loop
 
     async def attempt(self, lookup: Lookup) -> CallDetails:
@@ -145,7 +145,7 @@ class Attempts:
             raise
         except ApiError as exc:
             if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-                self._throttle.pause(exc.retry_after)
+                await self._throttle.pause(exc.retry_after)
                 self._throttle.limiter.record(limited=False)
             else:
                 self._throttle.limiter.record(limited=isinstance(exc, RateLimitError))

@@ -218,6 +218,8 @@ class AsyncCcmClient:
         for scope in self._running:
             scope.cancel()
         await self._setup.engine.aclose()
+        if self._setup.shared is not None:
+            await self._setup.shared.aclose()
 
     async def get_call(
         self,

@@ -11,7 +11,7 @@ and metrics go (``_telemetry``).
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 import httpx
@@ -25,6 +25,9 @@ from ccm_async._retry import RetryPolicy
 from ccm_async._telemetry import Telemetry, telemetry_for
 from ccm_async._throttle import RateLimit
 from ccm_async._version import __version__
+
+if TYPE_CHECKING:
+    from ccm_async._shared import SharedStore
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -57,6 +60,7 @@ class Setup:
     engine: Engine
     telemetry: Telemetry
     secrets: Secrets = attrs.field(repr=False)
+    shared: SharedStore | None = None  # the rate limit's Redis, when it is shared
 
 
 def client_setup(
@@ -125,7 +129,18 @@ def client_setup(
             enabled=telemetry, base_url=resolved_url, account_sid=credentials.account_sid
         ),
         secrets=credentials.secrets(),
+        shared=_shared_store(rate_limit, resolved_url, credentials.account_sid),
     )
+
+
+def _shared_store(limit: RateLimit | None, base_url: str, account_sid: str) -> SharedStore | None:
+    """The Redis link of a shared limit, keyed by the account and the API host."""
+    if limit is None or limit.storage is None:
+        return None
+    from ccm_async._shared import SharedStore  # noqa: PLC0415 - the redis extra's
+
+    host = httpx.URL(base_url).netloc.decode()
+    return SharedStore(limit, key=f"ccm_async:{host}:{account_sid}")
 
 
 def _checked_version(value: object) -> ApiVersion:

@@ -11,7 +11,7 @@ import collections
 from types import MappingProxyType
 
 from ccm_async._models import ClientStats
-from ccm_async._throttle import AdaptiveRate, SlidingWindow
+from ccm_async._throttle import AdaptiveRate
 
 __all__ = ["Counters"]
 
@@ -31,7 +31,7 @@ class Counters:
         """The retry budget refused a retry."""
         self.budget_denials += 1
 
-    def snapshot(self, limiter: SlidingWindow | AdaptiveRate) -> ClientStats:
+    def snapshot(self, limiter: object) -> ClientStats:
         """The tallies so far, with the rate ``limiter`` adapted to (if it adapts)."""
         return ClientStats(
             requests=self.requests,

@@ -19,19 +19,40 @@ The server's own rate-limit headers pace the sends as well (``_pacing``).
 from __future__ import annotations
 
 import collections
+import importlib.util
+import re
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import anyio.lowlevel
 import attrs
 
-from ccm_async._errors import ConfigurationError
+from ccm_async._errors import ConfigurationError, shown
 from ccm_async._pacing import HeaderPacer
 from ccm_async._retry import backoff_is_instant
 
-__all__ = ["AdaptiveRate", "Permit", "RateLimit", "SlidingWindow", "Slots", "Throttle"]
+if TYPE_CHECKING:
+    from ccm_async._shared import SharedStore, SharedWindow
+
+
+class Release(Protocol):
+    """Gives a permit back: its exchange ended now, or (``sent=False``) never began."""
+
+    def __call__(self, *, sent: bool) -> None: ...
+
+
+__all__ = [
+    "AdaptiveRate",
+    "Permit",
+    "RateLimit",
+    "Release",
+    "SlidingWindow",
+    "Slots",
+    "Throttle",
+    "redacted_url",
+]
 
 
 class Slots:
@@ -76,13 +97,36 @@ class Slots:
         self._free += 1
 
 
+def redacted_url(url: str) -> str:
+    """``url`` as messages and reprs show it: its scheme, host, port and path, with
+    ``***@`` for whatever came before an ``@``, and ``?...`` for a query (either may
+    hold a password, which may itself hold any of ``#/?@``)."""
+    scheme, _, rest = url.partition("://")
+    _, at, location = rest.rpartition("@")
+    place = re.split(r"[?#]", location, maxsplit=1)
+    return shown(f"{scheme}://{'***@' if at else ''}{place[0]}{'?...' if len(place) > 1 else ''}")
+
+
+def _shown_storage(url: str | None) -> str:
+    return repr(url if url is None else redacted_url(url))
+
+
 @attrs.frozen(kw_only=True)
 class RateLimit:
     """At most ``requests`` requests start in any ``per`` seconds (Exotel's default
-    for an account is 200 per 60 s)."""
+    for an account is 200 per 60 s).
+
+    ``storage``, a Redis URL (``redis://``, ``rediss://`` or ``unix://``; the
+    ``redis`` extra), shares the limit with every client of the same account and
+    API host that names the same Redis, in any process on any host; None keeps it
+    to this client. ``storage_timeout`` bounds each Redis operation: past it, or
+    when Redis fails, the client keeps to its share of the limit on its own.
+    """
 
     requests: int
     per: float = 60.0
+    storage: str | None = attrs.field(default=None, repr=_shown_storage)
+    storage_timeout: float = 0.25
 
     def __attrs_post_init__(self) -> None:
         # A bool is an int to Python, never a count or a number of seconds to a user;
@@ -96,6 +140,45 @@ class RateLimit:
             raise ConfigurationError("RateLimit.requests must be an integer from 1 to 1000000")
         if isinstance(per, bool) or not isinstance(per, int | float) or not 0.001 <= per <= 86_400:
             raise ConfigurationError("RateLimit.per must be from 0.001 to 86400 seconds")
+        _check_storage(self.storage)
+        timeout = self.storage_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0.001 <= timeout <= 10
+        ):
+            raise ConfigurationError("RateLimit.storage_timeout must be from 0.001 to 10 seconds")
+
+
+_STORAGE_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+def _check_storage(url: object) -> None:
+    if url is None:
+        return
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"RateLimit.storage must be a Redis URL or None, got {type(url).__name__}"
+        )
+    scheme = url.partition("://")[0].lower()
+    if scheme not in _STORAGE_SCHEMES or len(url) > 2000 or not url.isprintable() or " " in url:
+        raise ConfigurationError(
+            "RateLimit.storage must be a URL of redis://, rediss:// or unix://, got "
+            f"'{redacted_url(url)}'"
+        )
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigurationError(
+            "RateLimit.storage needs the redis extra: pip install 'ccm-async[redis]'"
+        )
+    import redis.connection  # noqa: PLC0415 - the redis extra's
+
+    try:
+        redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # pyright: ignore[reportUnknownMemberType]
+    except ValueError:  # its message may quote the password: not chained
+        raise ConfigurationError(
+            f"RateLimit.storage is not a URL redis-py reads: '{redacted_url(url)}' (its host, "
+            "port, database and options)"
+        ) from None
 
 
 class SlidingWindow:
@@ -130,6 +213,16 @@ class SlidingWindow:
                 await self._wait_for_room()
             self._in_flight += 1
             return waited
+
+    def count(self) -> None:
+        """A permit given elsewhere (a shared window's), counted here as one of its own."""
+        self._in_flight += 1
+
+    def limit_to(self, limit: RateLimit) -> None:
+        """Admit by ``limit`` from now on, the requests already counted included."""
+        self._requests, self._per = limit.requests, limit.per
+        if self._change is not None:
+            self._change.set()  # a waiter looks again: a higher limit may have room
 
     def release(self, *, sent: bool) -> None:
         """The permit's exchange ended now; ``sent=False``: it never began (not counted)."""
@@ -262,10 +355,13 @@ class Permit:
     """A request's place under the rate limit and the server's pacing, from before
     its send until its exchange ends."""
 
-    def __init__(self, throttle: Throttle, *, waited: float | None, sequence: int) -> None:
+    def __init__(
+        self, pacer: HeaderPacer, release: Release, *, waited: float | None, sequence: int
+    ) -> None:
         self.waited = waited  # the seconds it waited for, None if it had no wait
         self.sequence = sequence  # the send's number, for the pacing by headers
-        self._throttle = throttle
+        self._pacer = pacer
+        self._release = release
         self._held = True
 
     def end(self, *, sent: bool = True) -> None:
@@ -273,18 +369,24 @@ class Permit:
         never began (the place goes back). Only the first call counts."""
         if self._held:
             self._held = False
-            self._throttle.limiter.release(sent=sent)
-            self._throttle.pacer.release(self.sequence)
+            self._release(sent=sent)
+            self._pacer.release(self.sequence)
 
 
 class Throttle:
     """The client-wide pause (after a 429's Retry-After), the rate limiter, and the
     pacing by the server's headers."""
 
-    def __init__(self, limit: RateLimit | None) -> None:
-        self.limiter: SlidingWindow | AdaptiveRate = (
-            AdaptiveRate() if limit is None else SlidingWindow(limit)
-        )
+    def __init__(self, limit: RateLimit | None, *, shared: SharedStore | None = None) -> None:
+        self.limiter: SlidingWindow | AdaptiveRate | SharedWindow
+        if limit is None:
+            self.limiter = AdaptiveRate()
+        elif shared is None:
+            self.limiter = SlidingWindow(limit)
+        else:
+            from ccm_async._shared import SharedWindow  # noqa: PLC0415 - the redis extra's
+
+            self.limiter = SharedWindow(limit, shared, on_pause=self._pause_here)
         self.pacer = HeaderPacer()
         self._paused_until = 0.0
 
@@ -293,23 +395,33 @@ class Throttle:
         """Wait for a permit, held for the block; the exchange ends it (:meth:`Permit.end`),
         and if none did, leaving the block gives it back unused."""
         asked = anyio.current_time()
-        waited = await self.limiter.acquire()
+        limiter = self.limiter
+        if isinstance(limiter, SlidingWindow | AdaptiveRate):
+            waited, release = await limiter.acquire(), limiter.release
+        else:
+            waited, release = await limiter.take()
         try:
             paced, sequence = await self.pacer.acquire()
         except BaseException:
-            self.limiter.release(sent=False)
+            release(sent=False)
             raise
         wait = anyio.current_time() - asked if waited or paced else None
-        permit = Permit(self, waited=wait, sequence=sequence)
+        permit = Permit(self.pacer, release, waited=wait, sequence=sequence)
         try:
             yield permit
         finally:
             permit.end(sent=False)
 
-    def pause(self, seconds: float) -> None:
-        """Hold every send for ``seconds`` (the account is throttled)."""
+    async def pause(self, seconds: float) -> None:
+        """Hold every send for ``seconds`` (the account is throttled): this client's,
+        and with a shared limit every client's of the account."""
         if backoff_is_instant():
             return
+        self._pause_here(seconds)
+        if not isinstance(self.limiter, SlidingWindow | AdaptiveRate):
+            await self.limiter.pause(seconds)
+
+    def _pause_here(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, anyio.current_time() + seconds)
 
     def pause_left(self) -> float:

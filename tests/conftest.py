@@ -4,7 +4,7 @@ import asyncio
 import bisect
 import json
 import selectors
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ import pytest
 
 from ccm_async import AsyncCcmClient
 from ccm_async.testing import FakeCcm
+
+from .redis_support import RedisServer, redis_server_fixture
 
 SAMPLE_SID = "72827ead13a355d334338f53af71157s"
 
@@ -132,6 +134,20 @@ def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, 
     if request.node.get_closest_marker("virtual_clock"):
         return backend, virtual_clock_options(backend)
     return backend
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the tests' own (each xdist worker has one)."""
+    yield from redis_server_fixture(tmp_path_factory)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The tests' Redis, empty, running (a test may stop it)."""
+    redis_server.flush()
+    yield redis_server.url
+    redis_server.start_if_stopped()
 
 
 @pytest.fixture

@@ -152,7 +152,16 @@ INTERNAL = {
         "WaitReason",
         "telemetry_for",
     },
-    "ccm_async._throttle": {"AdaptiveRate", "Permit", "SlidingWindow", "Slots", "Throttle"},
+    "ccm_async._shared": {"SharedStore", "SharedWindow"},
+    "ccm_async._throttle": {
+        "AdaptiveRate",
+        "Permit",
+        "Release",
+        "SlidingWindow",
+        "Slots",
+        "Throttle",
+        "redacted_url",
+    },
     "ccm_async.testing._fake": {"serve_asgi"},
     "ccm_async._transport": {"Backend", "Pool", "fits", "pool_class", "pool_limits"},
 }
