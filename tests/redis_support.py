@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-__all__ = ["RedisServer", "redis_server_fixture"]
+__all__ = ["RedisServer", "free_port", "redis_server_fixture"]
 
 
 class RedisServer:
@@ -27,7 +27,7 @@ class RedisServer:
     def __init__(self, executable: str, directory: Path) -> None:
         self._executable = executable
         self._directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -73,7 +73,7 @@ class RedisServer:
             client.flushall()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +29,8 @@ from ccm_async._shared import Permit, SharedStore, Verdict, _checked, _share
 from ccm_async._throttle import redacted_url
 from ccm_async.testing import FakeCcm, Fault
 
-from .redis_support import RedisServer, redis_server_fixture
+from .conftest import most_in_any_window
+from .redis_support import RedisServer, free_port, redis_server_fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -72,17 +72,6 @@ async def run_workers(
     return outcomes
 
 
-def most_in_a_window(times: list[float], per: float) -> int:
-    """The most of ``times`` in any window of ``per`` seconds."""
-    times = sorted(times)
-    most, start = 0, 0
-    for end, arrival in enumerate(times):
-        while times[start] + per <= arrival:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 LIMIT = RateLimit(requests=20, per=1.0)
 
 
@@ -97,7 +86,7 @@ async def test_four_processes_keep_to_one_window(redis_url: str, anyio_backend: 
     statuses = [request.status for request in fake.requests]
     assert statuses == [200] * 2000  # not one 429
     arrivals = [request.time for request in fake.requests]
-    assert most_in_a_window(arrivals, 1.0) <= 20
+    assert most_in_any_window(arrivals, per=1.0) <= 20
     # At least 90% of the limit used, from the first arrival to the last.
     rate = (len(arrivals) - 20) / (max(arrivals) - min(arrivals))
     assert rate >= 0.9 * 20, f"{rate:.2f} requests/s"
@@ -162,7 +151,7 @@ async def test_one_client_s_429_pauses_the_others(redis_url: str) -> None:
 async def test_an_unreachable_redis_leaves_the_client_its_own_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    closed = f"redis://127.0.0.1:{unused_port()}/0"
+    closed = f"redis://127.0.0.1:{free_port()}/0"
     fake = FakeCcm()
     sids = worker_sids(0, 30)
     for sid in sids:
@@ -174,13 +163,7 @@ async def test_an_unreachable_redis_leaves_the_client_its_own_limit(
     assert warning.levelname == "WARNING"
     assert "failed (ConnectionError)" in warning.getMessage()
     assert "keeps to 20 requests per 1s (its share of 1 clients)" in warning.getMessage()
-    assert most_in_a_window([request.time for request in fake.requests], 1.0) <= 20
-
-
-def unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    assert most_in_any_window([request.time for request in fake.requests], per=1.0) <= 20
 
 
 @asynccontextmanager
@@ -436,4 +419,4 @@ async def test_a_fallback_counts_what_the_client_has_just_sent(
     assert all(result.ok for result in results)
     # Its own window began with the 20 Redis had just let through: no second over 20.
     assert [request.status for request in fake.requests] == [200] * 50
-    assert most_in_a_window([request.time for request in fake.requests], 1.0) <= 20
+    assert most_in_any_window([request.time for request in fake.requests], per=1.0) <= 20
